@@ -1,0 +1,24 @@
+"""Configs: the default ConfigDict, size presets and the small helpers experiment files use."""
+
+from gptjax.configs.default import ConfigError, finalize, get_config, validate  # noqa: F401
+from gptjax.configs.presets import PAPER_PARAMS, PRESETS, apply_preset  # noqa: F401
+
+
+def parse_arg(arg: str | None, **defaults):
+    """Parses an experiment argument `key=value,key=value` into a ConfigDict of `defaults`' types.
+
+    `cfg.py:size=small,steps=100` gives get_config("size=small,steps=100") (big_vision's convention).
+    """
+    import ml_collections
+
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise ConfigError(f"config argument {key!r} is unknown; choose from {', '.join(defaults) or 'none'}")
+        typ = type(defaults[key])
+        if typ is bool:
+            out[key] = value.lower() in ("1", "true", "yes")
+        else:
+            out[key] = typ(value)
+    return out

@@ -1,0 +1,161 @@
+"""The base ConfigDict every experiment starts from: the embedded Shakespeare run.
+
+Each field is typed by its default value; ml_collections refuses an override of the wrong type, and the locked
+dict refuses unknown keys. `validate` checks what types cannot: a config that could not train.
+"""
+
+import ml_collections
+
+from gptjax.configs import presets
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.model = m = ml_collections.ConfigDict()
+    m.preset = ""  # one of configs.presets.PRESETS; sets the shape fields below
+    m.vocab_size = 0  # 0: take it from the tokenizer
+    m.num_layers = 4
+    m.d_model = 256
+    m.num_heads = 4
+    m.d_ff = 0  # 0: 4 * d_model
+    m.max_len = 256  # size of the position table
+    m.pos_embedding = "learned"  # learned | sinusoidal
+    m.norm = "pre"  # pre (GPT-2/3) | post (GPT-1)
+    m.tie_embeddings = True
+    m.use_bias = True
+    m.dropout = 0.1  # on embeddings, attention weights and residual branches
+    m.layer_norm_eps = 1e-5
+    m.init_std = 0.02
+    m.param_dtype = "float32"
+    m.dtype = "float32"  # compute dtype: bfloat16 for mixed precision
+    m.scan_layers = False  # nn.scan over blocks: one compiled block, faster compiles for deep models
+    m.remat = "none"  # none | full: rematerialise each block in the backward pass
+
+    c.data = d = ml_collections.ConfigDict()
+    d.source = "shakespeare"  # shakespeare | text | tfds:NAME[/CONFIG]
+    d.path = ""  # text: file, glob or comma-separated files
+    d.val_fraction = 0.1  # text: last fraction of characters held out
+    d.tfds_text_key = "text"  # tfds: feature holding the document text
+    d.tfds_train_split = "train"
+    d.tfds_val_split = "validation"
+    d.data_dir = ""  # where TFDS builders write; "": ~/.cache/gptjax/tfds
+    d.tokenizer = "sentencepiece"  # char | sentencepiece | hf (a tokenizer.json or vocab.json+merges.txt dir)
+    d.spm_model_type = "bpe"  # bpe | unigram (when training a sentencepiece model)
+    d.tokenizer_path = ""  # sentencepiece: an existing .model ("": train one on the training split); hf: its dir
+    d.vocab_size = 2048  # sentencepiece vocabulary size when training one
+    d.seq_len = 128  # tokens per training sequence
+
+    c.train = t = ml_collections.ConfigDict()
+    t.steps = 2000
+    t.batch_size = 32  # global batch, in sequences
+    t.grad_accum_steps = 1  # micro-batches per step (the batch is split into this many)
+    t.log_every_steps = 50
+    t.init_from = ""  # a workdir or checkpoint step dir whose params start this run (fine-tuning)
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.lr = 1e-3
+    o.min_lr = 1e-4
+    o.warmup_steps = 100
+    o.decay_steps = 0  # 0: train.steps
+    o.b1 = 0.9
+    o.b2 = 0.99
+    o.eps = 1e-8
+    o.weight_decay = 0.1
+    o.decay_embeddings = False
+    o.clip_norm = 1.0  # 0: no clipping
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.every_steps = 250
+    e.steps = 20
+    e.batch_size = 0  # 0: train.batch_size
+
+    c.checkpoint = k = ml_collections.ConfigDict()
+    k.every_steps = 500
+    k.keep = 2
+    k.async_save = True
+
+    c.mesh = ms = ml_collections.ConfigDict()
+    ms.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
+    # Logical axis -> mesh axes. Parameters: embed/vocab/mlp/heads/kv/layers; activations: batch/length/act_*.
+    ms.logical_axis_rules = (
+        ("batch", ("data", "fsdp")),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv", None),
+        ("layers", None),
+        ("length", None),
+        ("act_embed", None),
+        ("act_mlp", "tensor"),
+        ("act_heads", "tensor"),
+        ("act_vocab", "tensor"),
+    )
+
+    c.sample = s = ml_collections.ConfigDict()
+    s.prompt = "ROMEO:"
+    s.num_samples = 2
+    s.max_new_tokens = 200
+    s.temperature = 0.8
+    s.top_k = 0
+    s.top_p = 1.0
+    return c
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Applies the model preset (if any) and checks the config; returns it locked."""
+    with config.unlocked():
+        if config.model.preset:
+            presets.apply_preset(config.model, config.model.preset)
+            config.model.preset = ""
+    validate(config)
+    config.lock()
+    return config
+
+
+class ConfigError(ValueError):
+    """A config that cannot work; the message names the key."""
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    m, d, t, o = c.model, c.data, c.train, c.optim
+
+    def need(ok, key, problem):
+        if not ok:
+            raise ConfigError(f"{key}: {problem}")
+
+    need(m.num_layers > 0, "model.num_layers", f"must be positive, got {m.num_layers}")
+    need(m.num_heads > 0 and m.d_model % m.num_heads == 0, "model.num_heads",
+         f"{m.num_heads} heads do not divide model.d_model={m.d_model}")
+    need(m.pos_embedding in ("learned", "sinusoidal"), "model.pos_embedding",
+         f"{m.pos_embedding!r} is not one of learned, sinusoidal")
+    need(m.norm in ("pre", "post"), "model.norm", f"{m.norm!r} is not one of pre, post")
+    need(m.remat in ("none", "full"), "model.remat", f"{m.remat!r} is not one of none, full")
+    for key in ("param_dtype", "dtype"):
+        need(m[key] in ("float32", "bfloat16", "float16", "float64"), f"model.{key}",
+             f"{m[key]!r} is not a float dtype name")
+    need(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    need(d.seq_len > 0, "data.seq_len", f"must be positive, got {d.seq_len}")
+    need(d.seq_len <= m.max_len, "data.seq_len",
+         f"{d.seq_len} is longer than the position table model.max_len={m.max_len}")
+    need(d.tokenizer in ("char", "sentencepiece", "hf"), "data.tokenizer",
+         f"{d.tokenizer!r} is not one of char, sentencepiece, hf")
+    need(d.source in ("shakespeare", "text") or d.source.startswith("tfds:"), "data.source",
+         f"{d.source!r} is not one of shakespeare, text, tfds:NAME[/CONFIG]")
+    need(d.source != "text" or bool(d.path), "data.path", "data.source=text needs a file path")
+    need(0.0 < d.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
+    need(t.steps > 0, "train.steps", f"must be positive, got {t.steps}")
+    need(t.batch_size > 0, "train.batch_size", f"must be positive, got {t.batch_size}")
+    need(t.grad_accum_steps > 0 and t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
+         f"{t.grad_accum_steps} micro-batches do not divide train.batch_size={t.batch_size}")
+    need(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    need(o.lr > 0 and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"needs 0 <= min_lr <= lr, got {o.min_lr} and {o.lr}")
+    need(c.eval.every_steps > 0 and c.eval.steps > 0, "eval.every_steps", "eval.every_steps and eval.steps must be positive")
+    need(c.checkpoint.every_steps > 0, "checkpoint.every_steps", f"must be positive, got {c.checkpoint.every_steps}")
+    need(c.checkpoint.keep > 0, "checkpoint.keep", f"must be positive, got {c.checkpoint.keep}")
+    shape = tuple(c.mesh.shape)
+    need(len(shape) == 3 and all(isinstance(s, int) and (s > 0 or s == -1) for s in shape)
+         and list(shape).count(-1) <= 1, "mesh.shape",
+         f"{shape} is not three positive sizes (data, fsdp, tensor) with at most one -1")

