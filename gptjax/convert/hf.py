@@ -1,0 +1,236 @@
+"""Hugging Face transformers GPT-2 checkpoints <-> gptjax params, with numpy and safetensors only.
+
+A transformers GPT-2 directory holds config.json and model.safetensors (or shards listed in
+model.safetensors.index.json). HF GPT-2 uses Conv1D layers, whose weights are stored (in, out) like gptjax
+kernels, so the mapping is reshapes only: c_attn.weight (D, 3D) is qkv_kernel (D, 3, H, K), attn.c_proj.weight
+(D, D) is out_kernel (H, K, D). Pickled checkpoints (pytorch_model.bin) are refused: unpickling can run code.
+"""
+
+import json
+import math
+import os
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so safetensors can read bf16 checkpoints)
+import numpy as np
+from flax import traverse_util
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from gptjax.model import GPT, ModelConfig
+
+# gptjax path inside block h_i -> HF name inside transformer.h.{i}
+_BLOCK_NAMES = {
+    ("ln_1", "scale"): "ln_1.weight",
+    ("ln_1", "bias"): "ln_1.bias",
+    ("attn", "qkv_kernel"): "attn.c_attn.weight",
+    ("attn", "qkv_bias"): "attn.c_attn.bias",
+    ("attn", "out_kernel"): "attn.c_proj.weight",
+    ("attn", "out_bias"): "attn.c_proj.bias",
+    ("ln_2", "scale"): "ln_2.weight",
+    ("ln_2", "bias"): "ln_2.bias",
+    ("mlp", "fc_kernel"): "mlp.c_fc.weight",
+    ("mlp", "fc_bias"): "mlp.c_fc.bias",
+    ("mlp", "proj_kernel"): "mlp.c_proj.weight",
+    ("mlp", "proj_bias"): "mlp.c_proj.bias",
+}
+_TOP_NAMES = {("wte",): "wte.weight", ("wpe",): "wpe.weight", ("ln_f", "scale"): "ln_f.weight",
+              ("ln_f", "bias"): "ln_f.bias"}
+_IGNORED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # causal-mask buffers of old checkpoints
+_PREFIX = "transformer."
+
+# config.json field -> (GPT2Config default, values gptjax can represent)
+_REQUIRED = {
+    "model_type": ("gpt2", ("gpt2",)),
+    "activation_function": ("gelu_new", ("gelu_new", "gelu_pytorch_tanh")),
+    "scale_attn_weights": (True, (True,)),
+    "scale_attn_by_inverse_layer_idx": (False, (False,)),
+    "reorder_and_upcast_attn": (False, (False,)),
+    "add_cross_attention": (False, (False,)),
+    "tie_word_embeddings": (True, (True,)),
+}
+_ALIASES = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions", "num_attention_heads": "n_head",
+            "num_hidden_layers": "n_layer"}
+
+
+def _hf_names(num_layers: int) -> dict[tuple, str]:
+    """Every gptjax param path (non-scan layout) -> its HF key without the "transformer." prefix."""
+    names = dict(_TOP_NAMES)
+    for i in range(num_layers):
+        names.update({(f"h_{i}", *path): f"h.{i}.{name}" for path, name in _BLOCK_NAMES.items()})
+    return names
+
+
+def _hf_shape(path: tuple, shape: tuple) -> tuple:
+    """The HF (Conv1D) shape of a gptjax param: attention tensors have their head axes merged."""
+    if path[-1] == "qkv_kernel":
+        return shape[0], math.prod(shape[1:])
+    if path[-1] == "qkv_bias":
+        return (math.prod(shape),)
+    if path[-1] == "out_kernel":
+        return math.prod(shape[:-1]), shape[-1]
+    return tuple(shape)
+
+
+def _param_shapes(cfg: ModelConfig) -> dict[tuple, tuple]:
+    """Flat path -> shape of GPT(cfg)'s params, without allocating them."""
+    abstract = jax.eval_shape(GPT(cfg).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    return {p: tuple(x.shape) for p, x in traverse_util.flatten_dict(nn.unbox(abstract["params"])).items()}
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+    """Non-scan layout (h_0 .. h_{L-1}) -> scan layout (params['h']['block'], leaves with a leading layer axis)."""
+    layer_keys = {k for k in params if re.fullmatch(r"h_\d+", k)}
+    if layer_keys != {f"h_{i}" for i in range(num_layers)}:
+        raise ValueError(f"params have layers {sorted(layer_keys)}, expected h_0 .. h_{num_layers - 1}")
+    blocks = [params[f"h_{i}"] for i in range(num_layers)]
+    rest = {k: v for k, v in params.items() if k not in layer_keys}
+    return {**rest, "h": {"block": jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *blocks)}}
+
+
+def unstack_layers(params: dict, num_layers: int) -> dict:
+    """Scan layout (params['h']['block']) -> non-scan layout (h_0 .. h_{L-1}), numpy leaves."""
+    block = params["h"]["block"]
+    depths = {x.shape[0] for x in jax.tree.leaves(block)}
+    if depths != {num_layers}:
+        raise ValueError(f"scanned params have leading layer axes {sorted(depths)}, expected {num_layers}")
+    rest = {k: v for k, v in params.items() if k != "h"}
+    return {**rest, **{f"h_{i}": jax.tree.map(lambda x: np.asarray(x[i]), block) for i in range(num_layers)}}
+
+
+def _read_config(hf_dir: str) -> dict:
+    path = os.path.join(hf_dir, "config.json")
+    with open(path) as f:
+        hf = json.load(f)
+    for alias, name in _ALIASES.items():
+        if alias in hf:
+            hf.setdefault(name, hf[alias])
+    for field, (default, allowed) in _REQUIRED.items():
+        value = hf.get(field, default)
+        if value not in allowed:
+            raise ValueError(f"{path}: {field}={value!r} cannot be represented in gptjax (needs one of {allowed})")
+    return hf
+
+
+def _model_overrides(hf: dict) -> dict:
+    """gptjax `config.model` fields for a GPT2Config dict (GPT2Config's defaults where a field is absent)."""
+    d_model = int(hf.get("n_embd", 768))
+    return dict(
+        vocab_size=int(hf.get("vocab_size", 50257)),
+        num_layers=int(hf.get("n_layer", 12)),
+        d_model=d_model,
+        num_heads=int(hf.get("n_head", 12)),
+        d_ff=int(hf.get("n_inner") or 4 * d_model),
+        max_len=int(hf.get("n_positions", 1024)),
+        layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+        norm="pre",
+        tie_embeddings=True,
+        pos_embedding="learned",
+        use_bias=True,
+        dropout=float(hf.get("resid_pdrop", 0.1)),
+    )
+
+
+def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
+    """All tensors of model.safetensors or of its shards, keys without the "transformer." prefix."""
+    single, index = os.path.join(hf_dir, "model.safetensors"), os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.exists(single):
+        files = [single]
+    elif os.path.exists(index):
+        with open(index) as f:
+            files = [os.path.join(hf_dir, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+    else:
+        for name in ("pytorch_model.bin", "pytorch_model.bin.index.json"):
+            if os.path.exists(os.path.join(hf_dir, name)):
+                raise ValueError(f"{os.path.join(hf_dir, name)}: pickled PyTorch checkpoints are not loaded "
+                                 "(unpickling can run code); convert it to safetensors (model.safetensors) first")
+        raise FileNotFoundError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
+    tensors = {}
+    for file in files:
+        with safe_open(file, framework="numpy") as f:
+            for key in f.keys():
+                tensors[key.removeprefix(_PREFIX)] = f.get_tensor(key)
+    return tensors
+
+
+def load_hf_gpt2(hf_dir: str) -> tuple[dict, dict]:
+    """Reads a transformers GPT-2 directory; returns (model_overrides, params).
+
+    model_overrides are gptjax `config.model` fields; params is the float32 numpy pytree, non-scan layout
+    (h_0 .. h_{L-1}), with exactly the keys and shapes of GPT(ModelConfig(**model_overrides)).init(...)['params']
+    (use `stack_layers` for scan_layers=True). Raises ValueError for what gptjax cannot represent.
+    """
+    overrides = _model_overrides(_read_config(hf_dir))
+    tensors = _read_tensors(hf_dir)
+    names = _hf_names(overrides["num_layers"])
+    flat = {}
+    for path, shape in _param_shapes(ModelConfig(**overrides)).items():
+        name = names[path]
+        if name not in tensors:
+            raise ValueError(f"{hf_dir}: tensor {_PREFIX}{name} is missing")
+        x = tensors.pop(name)
+        if x.shape != _hf_shape(path, shape):
+            raise ValueError(f"{hf_dir}: {_PREFIX}{name} has shape {x.shape}, config.json implies "
+                             f"{_hf_shape(path, shape)}")
+        flat[path] = np.asarray(x, np.float32).reshape(shape)
+    head = tensors.pop("lm_head.weight", None)
+    if head is not None and not np.array_equal(np.asarray(head, np.float32), flat[("wte",)]):
+        raise ValueError(f"{hf_dir}: lm_head.weight differs from {_PREFIX}wte.weight; gptjax ties them")
+    unexpected = sorted(k for k in tensors if not _IGNORED.fullmatch(k))
+    if unexpected:
+        raise ValueError(f"{hf_dir}: unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    return overrides, traverse_util.unflatten_dict(flat)
+
+
+def save_hf_gpt2(params: dict, model_cfg: ModelConfig, out_dir: str, extra_config: dict | None = None) -> None:
+    """Writes params (either layout, boxed or not) as a transformers GPT2LMHeadModel directory.
+
+    config.json gets the GPT2Config fields of `model_cfg` (all three dropouts = model_cfg.dropout, no token
+    ids) updated with `extra_config` (e.g. {"eos_token_id": 50256}); model.safetensors gets float32 tensors
+    with the "transformer." prefix and no lm_head.weight (transformers ties it to wte on load).
+    """
+    c = model_cfg
+    for ok, field in ((c.norm == "pre", "norm"), (c.pos_embedding == "learned", "pos_embedding"),
+                      (c.tie_embeddings, "tie_embeddings"), (c.use_bias, "use_bias")):
+        if not ok:
+            raise ValueError(f"model.{field}={getattr(c, field)!r} cannot be represented by HF GPT-2")
+    params = nn.unbox(params)
+    if "h" in params:
+        params = unstack_layers(params, c.num_layers)
+    flat = traverse_util.flatten_dict(params)
+    names = _hf_names(c.num_layers)
+    if set(flat) != set(names):
+        raise ValueError(f"params do not match model_cfg: differing paths {sorted(set(flat) ^ set(names))[:5]}")
+    tensors = {_PREFIX + names[p]: np.ascontiguousarray(np.asarray(x, np.float32).reshape(_hf_shape(p, x.shape)))
+               for p, x in flat.items()}
+    hf = dict(
+        architectures=["GPT2LMHeadModel"],
+        model_type="gpt2",
+        vocab_size=c.vocab_size,
+        n_positions=c.max_len,
+        n_embd=c.d_model,
+        n_layer=c.num_layers,
+        n_head=c.num_heads,
+        n_inner=None if c.ff_width == 4 * c.d_model else c.ff_width,
+        activation_function="gelu_new",
+        resid_pdrop=c.dropout,
+        embd_pdrop=c.dropout,
+        attn_pdrop=c.dropout,
+        layer_norm_epsilon=c.layer_norm_eps,
+        initializer_range=c.init_std,
+        scale_attn_weights=True,
+        scale_attn_by_inverse_layer_idx=False,
+        reorder_and_upcast_attn=False,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+        dtype="float32",
+    )
+    hf.update(extra_config or {})
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2)
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
