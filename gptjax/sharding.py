@@ -1,0 +1,78 @@
+"""The device mesh (data, fsdp, tensor), logical-axis rules, and the shardings of state and batches."""
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gptjax.configs import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def resolve_mesh_shape(shape, num_devices: int) -> tuple[int, int, int]:
+    """Fills the one -1 in `mesh.shape` and checks the product against the devices."""
+    shape = tuple(int(s) for s in shape)
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ConfigError(f"mesh.shape: {shape} cannot cover {num_devices} devices")
+        shape = tuple(num_devices // known if s == -1 else s for s in shape)
+    if math.prod(shape) != num_devices:
+        raise ConfigError(f"mesh.shape: {shape} needs {math.prod(shape)} devices, this run has {num_devices}")
+    return shape
+
+
+def make_mesh(shape, devices=None) -> Mesh:
+    devices = jax.devices() if devices is None else devices
+    shape = resolve_mesh_shape(shape, len(devices))
+    # Auto axis types: flax's logical constraints need them (jax.make_mesh defaults to Explicit).
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES, *(None,) * (ndim - 1)))
+
+
+def _fit(spec: P, shape, mesh: Mesh) -> P:
+    """Drops mesh axes from dimensions they do not divide (a 65-token vocabulary over 4 tensor shards)."""
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = math.prod(mesh.shape[a] for a in names)
+        out.append(axes if names and dim % size == 0 else None)
+    return P(*out)
+
+
+def unbox_abstract(tree):
+    """Strips flax's partitioning boxes without adding sharding constraints (for eval_shape outputs)."""
+    return jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
+    )
+
+
+def logical_shardings(abstract_boxed_tree, mesh: Mesh, rules):
+    """NamedShardings for a pytree whose leaves may be flax LogicallyPartitioned boxes (as from eval_shape)."""
+    logical_specs = nn.get_partition_spec(abstract_boxed_tree)
+    mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+    shapes = unbox_abstract(abstract_boxed_tree)
+    return jax.tree.map(
+        lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)),
+        mesh_specs,
+        shapes,
+        is_leaf=lambda s: isinstance(s, P),
+    )
+
+
+def host_local_to_global(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
+    """This process's rows of the batch -> one global array sharded over (data, fsdp)."""
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, local_batch.ndim), local_batch)

@@ -1,0 +1,61 @@
+"""Using a finished workdir: load its config, tokenizer and params to sample from it; create one from a
+Hugging Face GPT-2 checkpoint."""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gptjax import checkpoint, configs, sampling, sharding, tokenizer
+from gptjax.model import GPT, ModelConfig
+
+
+def load(workdir: str):
+    """(config, model_cfg, params, tokenizer) of the latest checkpoint in `workdir`, params on this run's mesh."""
+    config = ml_collections.ConfigDict(checkpoint.read_config(workdir))
+    model_cfg = ModelConfig.from_config(config.model)
+    tok = tokenizer.load_tokenizer(workdir)
+    mesh = sharding.make_mesh((-1, 1, 1))
+    rules = tuple(tuple(r) for r in config.mesh.logical_axis_rules)
+    model = GPT(model_cfg)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
+    shardings = sharding.logical_shardings(boxed, mesh, rules)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), sharding.unbox_abstract(boxed), shardings
+    )
+    return config, model_cfg, checkpoint.load_params(workdir, abstract), tok
+
+
+def sample_from_workdir(workdir: str, prompt: str, **kwargs) -> list[str]:
+    """Prints and returns `num_samples` continuations of `prompt`."""
+    _, model_cfg, params, tok = load(workdir)
+    ids = sampling.generate(model_cfg, params, tok.encode(prompt), **kwargs)
+    texts = [prompt + tok.decode(row) for row in ids]
+    for text in texts:
+        print(text, flush=True)
+        print("-----", flush=True)
+    return texts
+
+
+def import_hf(hf_dir: str, workdir: str) -> None:
+    """Writes a gptjax workdir (config.json, tokenizer, params checkpoint) from a transformers GPT-2 directory."""
+    from gptjax.convert import hf
+
+    if os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
+        raise checkpoint.CheckpointError(f"--workdir={workdir} already holds a run; choose a new directory")
+    overrides, params = hf.load_hf_gpt2(hf_dir)
+    config = configs.get_config()
+    config.model.update(overrides)
+    config.data.tokenizer = "hf"
+    config.data.tokenizer_path = os.path.abspath(hf_dir)
+    config.data.seq_len = min(config.data.seq_len, config.model.max_len)
+    config = configs.finalize(config)
+    tokenizer.build_tokenizer(config.data, workdir, lambda: [])
+    model_cfg = ModelConfig.from_config(config.model)
+    if model_cfg.scan_layers:
+        params = hf.stack_layers(params, model_cfg.num_layers)
+    checkpoint.write_config(workdir, config)
+    checkpoint.save_params(workdir, params)
+    print(f"imported {hf_dir} into {workdir} ({dataclasses.asdict(model_cfg)['num_layers']} layers)")
