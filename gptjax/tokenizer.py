@@ -1,0 +1,209 @@
+"""Tokenizers behind one small interface: characters, sentencepiece and Hugging Face `tokenizers` files.
+
+`build_tokenizer` makes the tokenizer a config asks for and saves it under `<workdir>/tokenizer/` (a manifest
+`tokenizer.json` naming the kind, beside `chars.json`, `spm.model` or `hf_tokenizer.json`); once saved, the
+workdir's copy is what every later run, resume or `gptjax sample` loads, whatever the config says.
+"""
+
+import hashlib
+import io
+import json
+import os
+import pathlib
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+MANIFEST = "tokenizer.json"
+_SPM_MAX_LINES = 200_000  # lines given to the sentencepiece trainer: all of Shakespeare (189k), ~1 s for BPE
+_EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>")
+
+
+class DataError(ValueError):
+    """A data or tokenizer setting that cannot work; the one-line message names the config key."""
+
+
+class Tokenizer:
+    """Text <-> token ids. `eos_id` separates documents when the tokenizer has such a token."""
+
+    kind: str
+    vocab_size: int
+    eos_id: int | None = None
+    fingerprint: str = ""  # hash of the saved files: keys caches of tokenized data
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids) -> str:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+
+class CharTokenizer(Tokenizer):
+    """One id per character of a fixed alphabet, ids in code-point order (nanoGPT's shakespeare_char)."""
+
+    kind = "char"
+
+    def __init__(self, chars: str):
+        self.chars = "".join(sorted(set(chars)))
+        self.vocab_size = len(self.chars)
+        self._codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+
+    def encode(self, text: str) -> list[int]:
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.minimum(np.searchsorted(self._codes, codes), self.vocab_size - 1)
+        unknown = codes[self._codes[ids] != codes]
+        if unknown.size:
+            raise ValueError(f"character {chr(unknown[0])!r} is not in the {self.vocab_size}-character vocabulary")
+        return ids.tolist()
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in np.asarray(ids, dtype=np.int64).ravel())
+
+
+class SentencePieceTokenizer(Tokenizer):
+    kind = "sentencepiece"
+
+    def __init__(self, model_proto: bytes):
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.vocab_size = self.sp.vocab_size()
+        self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(list(texts), num_threads=2)
+
+    def decode(self, ids) -> str:
+        return self.sp.decode(np.asarray(ids, dtype=np.int64).ravel().tolist())
+
+
+class HFTokenizer(Tokenizer):
+    """A `tokenizers.Tokenizer`, e.g. GPT-2's byte-level BPE."""
+
+    kind = "hf"
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        self.eos_id = next((i for i in map(tok.token_to_id, _EOS_NAMES) if i is not None), None)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(np.asarray(ids, dtype=np.int64).ravel().tolist())
+
+
+def _read_hf(path: str):
+    """A tokenizer.json file, or a directory holding tokenizer.json or GPT-2's vocab.json + merges.txt."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers
+
+    p = pathlib.Path(path).expanduser()
+    if p.is_dir() and (p / "tokenizer.json").is_file():
+        p = p / "tokenizer.json"
+    if p.is_file():
+        return tokenizers.Tokenizer.from_file(str(p))
+    if (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
+        tok = tokenizers.Tokenizer(models.BPE.from_file(str(p / "vocab.json"), str(p / "merges.txt")))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok
+    raise DataError(f"data.tokenizer_path: {path} holds neither tokenizer.json nor vocab.json + merges.txt")
+
+
+def _train_sentencepiece(data_cfg, texts: Iterable[str]) -> bytes:
+    """BPE or unigram on the first lines of `texts`. Each line goes in with its newline, "\\n" is a piece of its
+    own and whitespace is kept as is (no normalisation, no dummy prefix), with byte fallback for rare characters:
+    decode(encode(x)) == x for any text."""
+    import sentencepiece as spm
+
+    def lines():
+        n = 0
+        for text in texts:
+            for line in text.split("\n"):
+                yield line + "\n"
+                n += 1
+                if n == _SPM_MAX_LINES:
+                    return
+
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines(), model_writer=model, model_type=data_cfg.spm_model_type,
+            vocab_size=data_cfg.vocab_size, character_coverage=0.9995, byte_fallback=True,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+            user_defined_symbols=["\n"], allow_whitespace_only_pieces=True, max_sentence_length=1 << 16,
+            num_threads=2, minloglevel=2)
+    except RuntimeError as e:  # e.g. a vocabulary too large for the corpus
+        raise DataError(f"data.vocab_size: sentencepiece training failed: {' '.join(str(e).split())}") from e
+    return model.getvalue()
+
+
+def _write(path: pathlib.Path, data: bytes) -> None:
+    """Atomic write, so processes building the same tokenizer at once never read a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def build_tokenizer(data_cfg, workdir: str, train_texts: Callable[[], Iterable[str]]) -> Tokenizer:
+    """The workdir's saved tokenizer if there is one, else a new one of kind `data_cfg.tokenizer`, saved.
+
+    `train_texts` is called only when a tokenizer is learned: the char alphabet or the sentencepiece model.
+    """
+    d = pathlib.Path(workdir) / "tokenizer"
+    if (d / MANIFEST).is_file():
+        tok = load_tokenizer(workdir)
+        if tok.kind != data_cfg.tokenizer:
+            raise DataError(f"data.tokenizer: {data_cfg.tokenizer!r}, but {workdir} already has a {tok.kind!r} "
+                            "tokenizer; use a new workdir")
+        return tok
+    kind, path = data_cfg.tokenizer, data_cfg.tokenizer_path
+    if kind == "char":
+        files = {"chars.json": json.dumps("".join(sorted(set().union(*map(set, train_texts()))))).encode()}
+    elif kind == "sentencepiece" and path:
+        if not os.path.isfile(os.path.expanduser(path)):
+            raise DataError(f"data.tokenizer_path: no such file: {path}")
+        files = {"spm.model": pathlib.Path(path).expanduser().read_bytes()}
+    elif kind == "sentencepiece":
+        files = {"spm.model": _train_sentencepiece(data_cfg, train_texts())}
+    elif kind == "hf":
+        if not path or not os.path.exists(os.path.expanduser(path)):
+            raise DataError(f"data.tokenizer_path: no such file or directory: {path!r} (data.tokenizer=hf needs one)")
+        files = {"hf_tokenizer.json": _read_hf(path).to_str().encode()}
+    else:
+        raise DataError(f"data.tokenizer: {kind!r} is not one of char, sentencepiece, hf")
+    d.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        _write(d / name, data)
+    _write(d / MANIFEST, json.dumps({"kind": kind, "file": next(iter(files)), "source": path}).encode())
+    return load_tokenizer(workdir)
+
+
+def load_tokenizer(workdir: str) -> Tokenizer:
+    """The tokenizer saved in `<workdir>/tokenizer/` by `build_tokenizer`."""
+    d = pathlib.Path(workdir) / "tokenizer"
+    if not (d / MANIFEST).is_file():
+        raise DataError(f"workdir: no tokenizer saved in {d} (a training run saves one there)")
+    manifest = json.loads((d / MANIFEST).read_text())
+    data = (d / manifest["file"]).read_bytes()
+    if manifest["kind"] == "char":
+        tok = CharTokenizer(json.loads(data))
+    elif manifest["kind"] == "sentencepiece":
+        tok = SentencePieceTokenizer(data)
+    else:
+        import tokenizers
+
+        tok = HFTokenizer(tokenizers.Tokenizer.from_str(data.decode()))
+    tok.fingerprint = hashlib.sha256(manifest["kind"].encode() + data).hexdigest()[:16]
+    return tok

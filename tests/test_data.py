@@ -1,0 +1,259 @@
+"""Tokenizers and the data pipeline: lossless round trips, reuse from the workdir, the embedded plays, nanoGPT's
+character split, batches that depend only on (seed, step), per-process slices and one-line errors."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from gptjax import data, tokenizer
+from gptjax.configs import get_config
+
+TRICKY = "ROMEO:\nBut, soft!  what light\n\n   through yonder window breaks?\n\tcafé ☃ — 日本\n\n\n"
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+    """One data_dir for the whole session, so the Shakespeare TFDS dataset is built once."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def make_config(**data_fields):
+    cfg = get_config()
+    cfg.data.seq_len = 64
+    cfg.train.batch_size = 8
+    for key, value in data_fields.items():
+        cfg.data[key] = value
+    return cfg
+
+
+def text_config(path, **data_fields):
+    return make_config(source="text", path=path, tokenizer="char", **data_fields)
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+# --- tokenizers -----------------------------------------------------------------------------------------------
+
+
+def test_char_tokenizer_round_trip_and_vocab(tmp_path, corpus_file):
+    text = read(corpus_file)
+    tok = tokenizer.build_tokenizer(text_config(corpus_file).data, str(tmp_path), lambda: [text])
+    assert tok.vocab_size == len(set(text)) and tok.eos_id is None
+    ids = tok.encode(text[:5000])
+    assert ids[:3] == [sorted(set(text)).index(c) for c in text[:3]]
+    assert tok.decode(ids) == text[:5000] and tok.decode(np.array(ids)) == text[:5000]
+    with pytest.raises(ValueError, match="☃"):
+        tok.encode("snow ☃")
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_sentencepiece_trained_round_trip(tmp_path, corpus_file, model_type):
+    text = read(corpus_file)
+    cfg = make_config(tokenizer="sentencepiece", spm_model_type=model_type, vocab_size=512)
+    tok = tokenizer.build_tokenizer(cfg.data, str(tmp_path), lambda: [text])
+    assert tok.vocab_size == 512 and tok.eos_id is not None
+    for sample in (TRICKY, text[:20_000], " leading space", "trailing  \n"):
+        assert tok.decode(tok.encode(sample)) == sample
+    assert len(tok.encode(text[:20_000])) < 20_000 / 1.5  # it learned pieces, not characters
+    assert "\n" in [tok.sp.id_to_piece(i) for i in tok.encode("A\nB")]  # newline is a piece of its own
+
+
+@pytest.mark.parametrize("layout", ["vocab_merges", "tokenizer_json"])
+def test_hf_byte_level_bpe_round_trip(tmp_path, corpus_file, layout):
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([read(corpus_file)], vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False)
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    if layout == "vocab_merges":  # GPT-2's files
+        bpe.save_model(str(hf_dir))
+    else:
+        bpe.save(str(hf_dir / "tokenizer.json"))
+    cfg = make_config(tokenizer="hf", tokenizer_path=str(hf_dir))
+    tok = tokenizer.build_tokenizer(cfg.data, str(tmp_path / "work"), lambda: pytest.fail("hf needs no training"))
+    assert tok.vocab_size == 400 and tok.eos_id == bpe.token_to_id("<|endoftext|>")
+    assert tok.encode("ROMEO: hello") == bpe.encode("ROMEO: hello").ids
+    assert tok.decode(tok.encode(TRICKY)) == TRICKY
+    assert tokenizer.load_tokenizer(str(tmp_path / "work")).encode(TRICKY) == tok.encode(TRICKY)
+
+
+def test_tokenizer_saved_and_reused(tmp_path, corpus_file):
+    text, workdir = read(corpus_file), str(tmp_path / "work")
+    cfg = make_config(tokenizer="sentencepiece", vocab_size=400)
+    first = tokenizer.build_tokenizer(cfg.data, workdir, lambda: [text])
+    manifest = json.loads((tmp_path / "work" / "tokenizer" / "tokenizer.json").read_text())
+    assert manifest["kind"] == "sentencepiece" and (tmp_path / "work" / "tokenizer" / manifest["file"]).is_file()
+    cfg.data.vocab_size = 999  # a resumed run reuses the saved model, whatever the config now says
+    again = tokenizer.build_tokenizer(cfg.data, workdir, lambda: pytest.fail("must not retrain"))
+    loaded = tokenizer.load_tokenizer(workdir)
+    assert again.fingerprint == loaded.fingerprint == first.fingerprint and loaded.vocab_size == 400
+    assert loaded.encode(text[:3000]) == first.encode(text[:3000])
+
+    # An existing .model through data.tokenizer_path: copied into the new workdir.
+    cfg2 = make_config(tokenizer="sentencepiece", tokenizer_path=str(tmp_path / "work" / "tokenizer" / "spm.model"))
+    other = tokenizer.build_tokenizer(cfg2.data, str(tmp_path / "other"), lambda: pytest.fail("must not train"))
+    assert other.fingerprint == first.fingerprint
+
+    with pytest.raises(data.DataError, match="data.tokenizer: 'char'.*'sentencepiece'"):
+        tokenizer.build_tokenizer(make_config(tokenizer="char").data, workdir, lambda: [text])
+    with pytest.raises(data.DataError, match="no tokenizer saved"):
+        tokenizer.load_tokenizer(str(tmp_path / "empty"))
+
+
+# --- sources ----------------------------------------------------------------------------------------------------
+
+
+def test_shakespeare_plays_are_clean_scripts():
+    plays = data.shakespeare_plays()
+    assert len(plays) == 38 and sum(map(len, plays.values())) > 4_500_000
+    romeo = plays["Romeo and Juliet"]
+    assert romeo.startswith("Romeo and Juliet\n\nACT I\n")
+    assert "ROMEO:\nHe jests at scars that never felt a wound.\n" in romeo
+    assert "[JULIET appears above at a window]\n\nBut, soft! what light through yonder window breaks?\n" in romeo
+    assert "HAMLET:\nTo be, or not to be: that is the question:\n" in plays["Hamlet"]
+    assert "Measure for Measure" in plays  # the one play without a title heading
+    for text in plays.values():
+        assert not any(mark in text for mark in ("**", "_", "\\", "#", "  \n"))
+
+
+def test_shakespeare_source_holds_out_whole_plays(tmp_path, tfds_dir, monkeypatch):
+    from gptjax.datasets.shakespeare import shakespeare_dataset_builder
+
+    builder = shakespeare_dataset_builder.Builder(data_dir=tfds_dir, file_format="array_record")
+    builder.download_and_prepare()
+    titles = {s: [r["title"].decode() for r in builder.as_data_source(s)] for s in ("train", "validation")}
+    plays = data.shakespeare_plays()
+    assert len(titles["validation"]) == 4 and not set(titles["train"]) & set(titles["validation"])
+    assert sorted(titles["train"] + titles["validation"]) == sorted(plays)
+
+    cfg = make_config(tokenizer="char", data_dir=tfds_dir)
+    pipe = data.make_pipeline(cfg, str(tmp_path), 0, 1)
+    assert pipe.tokenizer.decode(pipe.val_tokens) == "".join(plays[t] for t in titles["validation"])
+    assert pipe.tokenizer.decode(pipe.train_tokens).startswith(plays[titles["train"][0]])
+
+    # Restart: tokenizer and token arrays come from the workdir, the source is not read again.
+    monkeypatch.setattr(data, "_read_shakespeare", lambda _: pytest.fail("source read again"))
+    again = data.make_pipeline(cfg, str(tmp_path), 0, 1)
+    np.testing.assert_array_equal(again.train_batch(5), pipe.train_batch(5))
+
+
+def test_shakespeare_sentencepiece_pipeline(tmp_path, tfds_dir):
+    pipe = data.make_pipeline(make_config(data_dir=tfds_dir), str(tmp_path), 0, 1)  # default: BPE, 2048 pieces
+    tok = pipe.tokenizer
+    assert tok.vocab_size == 2048
+    assert np.count_nonzero(np.asarray(pipe.train_tokens) == tok.eos_id) == 34  # one eos after each play
+    assert np.count_nonzero(np.asarray(pipe.val_tokens) == tok.eos_id) == 4
+    val_text = tok.decode(pipe.val_tokens)  # lossless: eos decodes to nothing
+    assert len(val_text.encode()) / len(pipe.val_tokens) == pytest.approx(pipe.val_bytes_per_token)
+    assert 2.0 < pipe.val_bytes_per_token < 4.0
+    batch = pipe.train_batch(0)
+    assert batch.shape == (8, 65) and batch.dtype == np.int32 and batch.max() < 2048
+
+
+def test_text_source_matches_nanogpt_char_split(tmp_path, corpus_file):
+    text = read(corpus_file)
+    n = len(text)
+    pipe = data.make_pipeline(text_config(corpus_file), str(tmp_path), 0, 1)
+    assert pipe.tokenizer.vocab_size == len(sorted(set(text)))  # nanoGPT: chars = sorted(list(set(data)))
+    assert pipe.tokenizer.decode(pipe.train_tokens) == text[:int(n * 0.9)]
+    assert pipe.tokenizer.decode(pipe.val_tokens) == text[int(n * 0.9):]
+    assert pipe.val_bytes_per_token == pytest.approx(len(text[int(n * 0.9):].encode()) / (n - int(n * 0.9)))
+
+
+def test_text_source_several_files(tmp_path, corpus_file):
+    text = read(corpus_file)[:30_000]
+    for i, part in enumerate((text[:10_000], text[10_000:])):
+        (tmp_path / f"part{i}.txt").write_text(part, encoding="utf-8")
+    glob_pipe = data.make_pipeline(text_config(str(tmp_path / "part*.txt")), str(tmp_path / "w1"), 0, 1)
+    files = f"{tmp_path / 'part0.txt'}, {tmp_path / 'part1.txt'}"
+    list_pipe = data.make_pipeline(text_config(files), str(tmp_path / "w2"), 0, 1)
+    for pipe in (glob_pipe, list_pipe):
+        assert pipe.tokenizer.decode(pipe.train_tokens) == text[:27_000]
+        assert pipe.tokenizer.decode(pipe.val_tokens) == text[27_000:]
+
+
+# --- batches ----------------------------------------------------------------------------------------------------
+
+
+def test_train_batches_are_a_function_of_seed_and_step(tmp_path, corpus_file):
+    cfg = text_config(corpus_file)
+    first = data.make_pipeline(cfg, str(tmp_path), 0, 1)
+    resumed = data.make_pipeline(cfg, str(tmp_path), 0, 1)
+    for step in (0, 1, 1234):
+        np.testing.assert_array_equal(first.train_batch(step), resumed.train_batch(step))
+    b0 = first.train_batch(0)
+    assert b0.shape == (8, 65) and b0.dtype == np.int32
+    assert not np.array_equal(b0, first.train_batch(1))
+    cfg.seed = 1
+    assert not np.array_equal(b0, data.make_pipeline(cfg, str(tmp_path), 0, 1).train_batch(0))
+    train_text = first.tokenizer.decode(first.train_tokens)
+    assert all(first.tokenizer.decode(row) in train_text for row in b0)  # contiguous windows of the train split
+    assert first.state(7)["step"] == 7 and json.dumps(first.state(7))
+
+
+def test_process_slices_partition_the_global_batch(tmp_path, corpus_file):
+    cfg = text_config(corpus_file)
+    cfg.eval.batch_size = 4
+    single = data.make_pipeline(cfg, str(tmp_path), 0, 1)
+    hosts = [data.make_pipeline(cfg, str(tmp_path), p, 2) for p in (0, 1)]
+    for step in (0, 9):
+        slices = [h.train_batch(step) for h in hosts]
+        assert slices[0].shape == (4, 65)
+        assert not {r.tobytes() for r in slices[0]} & {r.tobytes() for r in slices[1]}
+        np.testing.assert_array_equal(np.concatenate(slices), single.train_batch(step))
+    host_evals = [list(h.eval_batches(2)) for h in hosts]
+    for b, full in enumerate(single.eval_batches(2)):
+        assert host_evals[0][b].shape == (2, 65)
+        np.testing.assert_array_equal(np.concatenate([host_evals[0][b], host_evals[1][b]]), full)
+    with pytest.raises(data.DataError, match="train.batch_size: 8 sequences"):
+        data.make_pipeline(cfg, str(tmp_path), 0, 3)
+
+
+def test_eval_batches_are_fixed_validation_windows(tmp_path, corpus_file):
+    pipe = data.make_pipeline(text_config(corpus_file), str(tmp_path), 0, 1)
+    first, second = list(pipe.eval_batches(3)), list(pipe.eval_batches(3))
+    assert len(first) == 3 and all(b.shape == (8, 65) and b.dtype == np.int32 for b in first)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    val = np.asarray(pipe.val_tokens)
+    np.testing.assert_array_equal(first[0][1], val[64:129])  # consecutive windows, stride seq_len
+    many = list(pipe.eval_batches(200))  # more than the split holds: wraps around
+    np.testing.assert_array_equal(many[0], first[0])
+
+
+# --- errors -----------------------------------------------------------------------------------------------------
+
+
+def test_errors_name_the_problem_and_key(tmp_path, tfds_dir):
+    empty, short = tmp_path / "empty.txt", tmp_path / "short.txt"
+    empty.write_text("")
+    short.write_text("To be, or not to be.\n" * 3)
+    cases = [
+        (text_config(str(tmp_path / "missing.txt")), "data.path: no such file: .*missing.txt"),
+        (text_config(str(tmp_path / "nothing*.txt")), "data.path: no file matches .*nothing"),
+        (text_config(str(empty)), "data.path: empty corpus"),
+        (text_config(str(short)), "data.seq_len: the train split of text has 56 tokens"),
+        (make_config(source="tfds:no_such_dataset", data_dir=tfds_dir), "data.source: unknown tfds dataset"),
+        (make_config(source="text", path=str(short), tokenizer_path=str(tmp_path / "x.model")),
+         "data.tokenizer_path: no such file"),
+        (make_config(source="text", path=str(short), vocab_size=100_000), "data.vocab_size: sentencepiece training"),
+    ]
+    for i, (cfg, message) in enumerate(cases):
+        with pytest.raises(data.DataError, match=message) as err:
+            data.make_pipeline(cfg, str(tmp_path / f"work{i}"), 0, 1)
+        assert "\n" not in str(err.value)
+
+
+def test_tfds_source_reads_a_registered_builder(tmp_path, tfds_dir):
+    cfg = make_config(source="tfds:shakespeare", tokenizer="char", data_dir=tfds_dir)
+    pipe = data.make_pipeline(cfg, str(tmp_path), 0, 1)
+    assert "Macbeth\n\nACT I\n" in pipe.tokenizer.decode(pipe.val_tokens)
+    cfg.data.tfds_text_key = "body"
+    with pytest.raises(data.DataError, match="data.tfds_text_key: shakespeare has no feature 'body'"):
+        data.make_pipeline(cfg, str(tmp_path / "other"), 0, 1)
