@@ -1,0 +1,142 @@
+"""The GPT model: shapes, causality, presets, variants, mixed precision, scan layout, cached decoding."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gptjax.configs import PAPER_PARAMS, PRESETS, apply_preset, get_config
+from gptjax.convert.hf import stack_layers
+from gptjax.model import GPT, ModelConfig, count_params
+
+TINY = ModelConfig(vocab_size=61, num_layers=2, d_model=32, num_heads=4, max_len=24)
+
+
+def init(cfg, T=8, seed=0):
+    return nn.unbox(GPT(cfg).init(jax.random.key(seed), jnp.zeros((1, T), jnp.int32))["params"])
+
+
+def tokens(B=2, T=12, V=61, seed=1):
+    return jax.random.randint(jax.random.key(seed), (B, T), 0, V)
+
+
+@pytest.mark.parametrize("variant", [{}, {"norm": "post"}, {"pos_embedding": "sinusoidal"}, {"tie_embeddings": False},
+                                     {"use_bias": False}, {"d_ff": 48}])
+def test_output_shape_and_finite(variant):
+    cfg = dataclasses.replace(TINY, **variant)
+    params = init(cfg)
+    logits = GPT(cfg).apply({"params": params}, tokens())
+    assert logits.shape == (2, 12, 61) and logits.dtype == jnp.float32
+    assert bool(jnp.isfinite(logits).all())
+    assert ("lm_head" in params) == (not cfg.tie_embeddings)
+    assert ("wpe" in params) == (cfg.pos_embedding == "learned")
+    assert ("ln_f" in params) == (cfg.norm == "pre")
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_causal_by_gradient(norm):
+    """d logits[t] / d embedding[s] is zero for every s > t and nonzero for s <= t."""
+    cfg = dataclasses.replace(TINY, norm=norm)
+    params = init(cfg)
+    x = tokens(B=1, T=10)
+    T = x.shape[1]
+
+    def logits_sum(delta_TxD):
+        # A perturbation of each position's input, added through the position table.
+        p = dict(params, wpe=params["wpe"].at[:T].add(delta_TxD))
+        return GPT(cfg).apply({"params": p}, x)[0].sum(-1)  # (T,)
+
+    jac_TxTxD = jax.jacrev(logits_sum)(jnp.zeros((T, cfg.d_model)))
+    for t in range(T):
+        norms = jnp.abs(jac_TxTxD[t]).sum(-1)
+        assert bool((norms[t + 1:] == 0).all()), f"position {t} depends on a later position"
+        assert bool((norms[: t + 1] > 0).all()), f"position {t} ignores an earlier position"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_parameter_counts(name):
+    c = get_config()
+    apply_preset(c.model, name)
+    cfg = ModelConfig.from_config(c.model)
+    shapes = jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]
+    n = count_params(shapes)
+    if name == "gpt2-small":
+        assert n == 124_439_808  # the well-known count with the 50257-token vocabulary
+    tolerance = 0.001 if name in ("gpt3-175b", "gpt2-large", "gpt2-medium", "gpt2-xl") else 0.02
+    assert abs(n / PAPER_PARAMS[name] - 1) < tolerance, f"{name}: {n:,} vs the paper's {PAPER_PARAMS[name]:,.0f}"
+
+
+def test_gpt2_initialisation():
+    cfg = ModelConfig(vocab_size=512, num_layers=8, d_model=256, num_heads=4, max_len=16)
+    p = init(cfg)
+    assert abs(float(p["wte"].std()) - 0.02) < 0.002
+    assert abs(float(p["h_0"]["mlp"]["fc_kernel"].std()) - 0.02) < 0.002
+    scaled = 0.02 / np.sqrt(2 * cfg.num_layers)
+    assert abs(float(p["h_0"]["mlp"]["proj_kernel"].std()) - scaled) < 0.1 * scaled
+    assert abs(float(p["h_3"]["attn"]["out_kernel"].std()) - scaled) < 0.1 * scaled
+    assert float(jnp.abs(p["h_0"]["attn"]["qkv_bias"]).max()) == 0.0
+    assert float(p["h_0"]["ln_1"]["scale"].min()) == 1.0
+
+
+def test_bf16_compute_with_fp32_params():
+    cfg = dataclasses.replace(TINY, dtype="bfloat16")
+    params = init(cfg)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    x = tokens()
+    lo = GPT(cfg).apply({"params": params}, x)
+    hi = GPT(TINY).apply({"params": params}, x)
+    assert lo.dtype == jnp.float32
+    np.testing.assert_allclose(lo, hi, atol=0.1)
+    grads = jax.grad(lambda p: GPT(cfg).apply({"params": p}, x).mean())(params)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+
+
+def test_bf16_params():
+    cfg = dataclasses.replace(TINY, dtype="bfloat16", param_dtype="bfloat16")
+    params = init(cfg)
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+    assert bool(jnp.isfinite(GPT(cfg).apply({"params": params}, tokens())).all())
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scan_layers_equal_unrolled(remat):
+    params = init(TINY)
+    scanned = dataclasses.replace(TINY, scan_layers=True, remat=remat)
+    stacked = jax.tree.map(jnp.asarray, stack_layers(params, TINY.num_layers))
+    x = tokens()
+    np.testing.assert_allclose(
+        GPT(scanned).apply({"params": stacked}, x), GPT(TINY).apply({"params": params}, x), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_cached_decoding_equals_full_forward(scan):
+    cfg = dataclasses.replace(TINY, scan_layers=scan)
+    params = init(TINY)
+    if scan:
+        params = jax.tree.map(jnp.asarray, stack_layers(params, TINY.num_layers))
+    x = tokens(B=2, T=12)
+    full = GPT(cfg).apply({"params": params}, x)
+    cache = GPT(cfg).init(jax.random.key(0), jnp.zeros((2, 12), jnp.int32), decode=True)["cache"]
+    # Prefill five tokens, then one at a time.
+    logits, v = GPT(cfg).apply({"params": params, "cache": cache}, x[:, :5], decode=True, mutable=["cache"])
+    np.testing.assert_allclose(logits, full[:, :5], atol=1e-5)
+    for t in range(5, 12):
+        logits, v = GPT(cfg).apply({"params": params, "cache": v["cache"]}, x[:, t:t + 1], decode=True,
+                                   mutable=["cache"])
+        np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5)
+
+
+def test_dropout_only_in_training():
+    cfg = dataclasses.replace(TINY, dropout=0.5)
+    params = init(cfg)
+    x = tokens()
+    a = GPT(cfg).apply({"params": params}, x)
+    b = GPT(cfg).apply({"params": params}, x)
+    np.testing.assert_array_equal(a, b)
+    c = GPT(cfg).apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(1)})
+    d = GPT(cfg).apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert float(jnp.abs(c - d).max()) > 1e-3
