@@ -2,6 +2,7 @@
 asked, and calls the library. Bad input ends with one line `gptjax: error: ...` and exit status 2."""
 
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -61,7 +62,13 @@ def _init_distributed():
 def _train(argv):
     from gptjax import configs, train
 
-    config = configs.finalize(flags.FLAGS.config)
+    config = flags.FLAGS.config
+    try:
+        config.unlocked  # config_flags defers a file that failed to load to the first attribute read
+    except OSError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise FileNotFoundError(f"--config: {lines[-1]}") from None
+    config = configs.finalize(config)
     train.train_and_evaluate(config, flags.FLAGS.workdir)
 
 
@@ -119,9 +126,27 @@ def run():
         sys.exit(0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2)
     command = argv.pop(1)
     define, fn = _DISPATCH[command]
-    define()
+    try:
+        define()  # the config flag loads the file and applies --config.* overrides here
+    except (AttributeError, KeyError, TypeError, ValueError, FileNotFoundError) as err:
+        print(f"gptjax: error: {_describe_config_error(err, argv)}", file=sys.stderr)
+        sys.exit(2)
     argv[0] = f"gptjax {command}"
+    if not any(a.startswith(("--verbosity", "-v")) for a in argv):
+        argv.append("--verbosity=-1")  # absl/orbax INFO lines would drown the progress lines
     app.run(_guarded(fn), argv=argv, flags_parser=_parse_flags)
+
+
+def _describe_config_error(err, argv) -> str:
+    """One line for an override naming a key the config does not have (or a config file that fails)."""
+    text = str(err).encode().decode("unicode_escape")
+    key = re.search(r"'([^'\\]+)'", text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    for arg in argv:
+        name = arg.split("=")[0]
+        if key and name.startswith("--config.") and f".{key.group(1)}" in name + ".":
+            return f"{name}: no such key in the config" + (f" (did you mean {hint.group(1)}?)" if hint else "")
+    return f"--config: {text.strip().splitlines()[0]}"
 
 
 def _parse_flags(argv):
@@ -129,7 +154,11 @@ def _parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as err:
-        print(f"gptjax: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        if "Traceback" in str(err):  # a config file's get_config raised: its own message is the last line
+            flag = lines[0].split(":")[0].removeprefix("flag ")
+            lines = [f"{flag}: {lines[-1].split(': ', 1)[-1]}"]
+        print(f"gptjax: error: {' '.join(lines)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -1,0 +1,115 @@
+"""Every experiment file parses and validates; bad keys and impossible configs stop with one line."""
+
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gptjax import configs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "**", "*.py"), recursive=True))
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_there_are_experiments():
+    names = {os.path.relpath(p, ROOT) for p in EXPERIMENTS}
+    for required in ("experiments/pretrain/shakespeare.py", "experiments/pretrain/shakespeare_char.py",
+                     "experiments/pretrain/gpt2_124m.py"):
+        assert required in names
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_experiment_parses_and_validates(path):
+    module = load(path)
+    config = module.get_config()
+    if config.data.source == "text" and not config.data.path:
+        config.data.path = "corpus.txt"  # the one field these files leave to the command line
+    config = configs.finalize(config)
+    assert config.is_locked
+    with pytest.raises(AttributeError):
+        config.train.stepz = 1  # locked: a typo cannot add a key
+    if hasattr(module, "get_sweep"):
+        for overrides in module.get_sweep():
+            c = module.get_config()
+            for key, value in overrides.items():
+                node = c
+                *parents, leaf = key.split(".")
+                for p in parents:
+                    node = node[p]
+                assert leaf in node, f"sweep key {key} is not in the config"
+                node[leaf] = value
+            if c.data.source == "text" and not c.data.path:
+                c.data.path = "corpus.txt"
+            configs.finalize(c)
+
+
+def test_nanogpt_baby_config_is_exact():
+    c = load(os.path.join(ROOT, "experiments/pretrain/shakespeare_char.py")).get_config()
+    assert (c.model.num_layers, c.model.num_heads, c.model.d_model, c.data.seq_len) == (4, 4, 128, 64)
+    assert (c.train.batch_size, c.model.dropout, c.train.steps) == (12, 0.0, 2000)
+    assert (c.optim.lr, c.optim.min_lr, c.optim.warmup_steps, c.optim.decay_steps) == (1e-3, 1e-4, 100, 2000)
+    assert (c.optim.b2, c.optim.weight_decay, c.optim.clip_norm) == (0.99, 0.1, 1.0)
+    assert (c.eval.every_steps, c.eval.steps, c.data.tokenizer) == (250, 20, "char")
+
+
+def test_gpt2_124m_recipe():
+    c = configs.finalize(load(os.path.join(ROOT, "experiments/pretrain/gpt2_124m.py")).get_config())
+    assert (c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.max_len) == (12, 768, 12, 1024)
+    assert c.train.batch_size * c.data.seq_len >= 480 * 1024  # about 0.5M tokens per step, as in GPT-3 table 2.1
+    assert c.data.source.startswith("tfds:")
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"model.num_heads": 5}, "model.num_heads: 5 heads do not divide model.d_model=256"),
+        ({"data.seq_len": 512}, "data.seq_len: 512 is longer than the position table model.max_len=256"),
+        ({"train.grad_accum_steps": 3}, "train.grad_accum_steps: 3 micro-batches do not divide train.batch_size=32"),
+        ({"model.norm": "middle"}, "model.norm: 'middle' is not one of pre, post"),
+        ({"data.source": "web"}, "data.source: 'web' is not one of"),
+        ({"mesh.shape": (2, 2)}, "mesh.shape: (2, 2) is not three positive sizes"),
+        ({"model.preset": "gpt4"}, "model preset 'gpt4' is unknown"),
+    ],
+)
+def test_impossible_configs(overrides, message):
+    c = configs.get_config()
+    for key, value in overrides.items():
+        section, leaf = key.split(".")
+        c[section][leaf] = value
+    with pytest.raises(ValueError) as err:
+        configs.finalize(c)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def gptjax(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "gptjax.main", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--config.model.num_layrs=3"], "--config.model.num_layrs: no such key in the config (did you mean num_layers?)"),
+        (["--config.model.num_heads=abc"], "--config.model.num_heads=abc"),
+        (["--config.model.num_heads=3"], "model.num_heads: 3 heads do not divide model.d_model=256"),
+        (["--config=missing.py"], "--config: [Errno 2] No such file or directory: 'missing.py'"),
+        (["--config=experiments/pretrain/gpt3.py:size=huge"], "size: 'huge' is not one of"),
+        (["--config=experiments/pretrain/shakespeare_char.py"], "data.path: data.source=text needs a file path"),
+    ],
+)
+def test_cli_config_errors_are_one_line(tmp_path, args, message):
+    out = gptjax("train", f"--workdir={tmp_path / 'run'}", *args)
+    assert out.returncode == 2
+    assert out.stderr.startswith("gptjax: error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert message in out.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
