@@ -68,11 +68,48 @@ class LayerNorm(nn.Module):
         c = self.cfg
         scale = _param(self, "scale", nn.initializers.ones, (c.d_model,), ("embed",), c)
         bias = _param(self, "bias", nn.initializers.zeros, (c.d_model,), ("embed",), c)
+        import os
+        if os.environ.get("LNVJP"):
+            return _layer_norm(x, scale, bias, c.layer_norm_eps, c.dtype)
         x32 = x.astype(jnp.float32)
         mean = x32.mean(-1, keepdims=True)
         var = jnp.square(x32 - mean).mean(-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + c.layer_norm_eps)
         return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(DTYPES[c.dtype])
+
+
+import functools, os
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _layer_norm(x, scale, bias, eps, dtype):
+    return _layer_norm_fwd(x, scale, bias, eps, dtype)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps, dtype):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    xc = x32 - mean
+    rstd = jax.lax.rsqrt(jnp.square(xc).mean(-1, keepdims=True) + eps)
+    xhat = xc * rstd
+    y = (xhat * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(DTYPES[dtype])
+    return y, (xhat, rstd, scale, jnp.zeros((0,), x.dtype))
+
+
+def _layer_norm_bwd(eps, dtype, res, dy):
+    xhat, rstd, scale, xdtype = res
+    dy32 = dy.astype(jnp.float32)
+    axes = tuple(range(dy.ndim - 1))
+    dscale = (dy32 * xhat).sum(axes).astype(scale.dtype)
+    dbias = dy32.sum(axes).astype(scale.dtype)
+    g = dy32 * scale.astype(jnp.float32)
+    dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    if os.environ.get("LNBAR"):
+        dx = jax.lax.optimization_barrier(dx)
+    return dx.astype(xdtype.dtype), dscale, dbias
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class CausalSelfAttention(nn.Module):

@@ -21,7 +21,7 @@ def sample_logits(rng, logits_BxV, temperature: float, top_k: int = 0, top_p: fl
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
     logits_BxV = logits_BxV / temperature
     neg = jnp.finfo(logits_BxV.dtype).min
-    if top_k:
+    if top_k and top_k < logits_BxV.shape[-1]:
         kth_BxV = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
         logits_BxV = jnp.where(logits_BxV < kth_BxV, neg, logits_BxV)
     if top_p < 1.0:

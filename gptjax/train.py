@@ -4,6 +4,7 @@ step, evaluates, logs and checkpoints. Data flows config -> data -> model -> ste
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -17,6 +18,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gptjax import checkpoint, data, metrics, optimizer, sampling, sharding
+from gptjax import configs
 from gptjax.configs import ConfigError
 from gptjax.model import GPT, ModelConfig, cross_entropy
 
@@ -127,7 +129,7 @@ class Trainer:
             loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        out = {"train_loss": loss, "grad_norm": optax.global_norm(grads), "lr": self.schedule(state.step)}
+        out = {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": self.schedule(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
     def _eval_step(self, params, tokens_BxT1):
@@ -143,6 +145,28 @@ class Trainer:
                 s, n = self.eval_step(state.params, sharding.host_local_to_global(local, self.mesh))
                 total, count = total + s, count + n
         return float(total) / max(float(count), 1.0)
+
+
+# Model fields a fine-tuning run may change; the rest must match the params it starts from.
+_TUNABLE_MODEL_KEYS = ("dropout", "dtype", "remat")
+
+
+def adopt_init_from(config, workdir: str) -> None:
+    """Fine-tuning from `train.init_from`: the model shape and tokenizer come from that workdir, whose params
+    only fit them. Copies its tokenizer into `workdir`."""
+    source = config.train.init_from
+    saved = checkpoint.read_config(source)
+    with config.unlocked():
+        for key, value in saved["model"].items():
+            if key not in _TUNABLE_MODEL_KEYS and key in config.model:
+                config.model[key] = value
+        config.data.tokenizer = saved["data"]["tokenizer"]
+        config.data.tokenizer_path = saved["data"]["tokenizer_path"]
+        config.data.seq_len = min(config.data.seq_len, config.model.max_len)
+    configs.validate(config)
+    src, dst = os.path.join(source, "tokenizer"), os.path.join(workdir, "tokenizer")
+    if os.path.isdir(src) and not os.path.exists(dst) and jax.process_index() == 0:
+        shutil.copytree(src, dst)
 
 
 def check_batch_sizes(config, mesh) -> None:
@@ -191,6 +215,8 @@ def _finite_or_raise(step: int, values: dict) -> None:
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (or resumes) the run that `config` describes in `workdir`; returns the final metrics."""
     t_start = time.time()
+    if config.train.init_from:
+        adopt_init_from(config, workdir)
     mesh = sharding.make_mesh(config.mesh.shape)
     check_batch_sizes(config, mesh)
     pipeline = data.make_pipeline(config, workdir)
