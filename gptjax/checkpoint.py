@@ -20,11 +20,11 @@ class CheckpointError(ValueError):
 
 
 def manager(workdir: str, ckpt_cfg=None, read_only: bool = False) -> ocp.CheckpointManager:
+    """The workdir's checkpoint manager; `read_only` for readers (sampling), which never create the directory."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=ckpt_cfg.keep if ckpt_cfg is not None else None,
         enable_async_checkpointing=bool(ckpt_cfg.async_save) if ckpt_cfg is not None else False,
         create=not read_only,
-        read_only=read_only,
     )
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 

@@ -7,6 +7,7 @@ activations are constrained at block boundaries.
 
 import dataclasses
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -111,6 +112,29 @@ def _layer_norm_bwd(eps, dtype, res, dy):
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
+_C = math.sqrt(2 / math.pi)
+
+
+@jax.custom_vjp
+def _gelu(x):
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_fwd(x):
+    x32 = x.astype(jnp.float32)
+    t = jnp.tanh(_C * (x32 + 0.044715 * x32 * x32 * x32))
+    return (0.5 * x32 * (1 + t)).astype(x.dtype), (x, t.astype(x.dtype) if os.environ.get("GELU") == "lowt" else t)
+
+
+def _gelu_bwd(res, g):
+    x, t = res
+    x32, t = x.astype(jnp.float32), t.astype(jnp.float32)
+    d = 0.5 * (1 + t) + 0.5 * x32 * (1 - t * t) * _C * (1 + 3 * 0.044715 * x32 * x32)
+    return ((g.astype(jnp.float32) * d).astype(x.dtype),)
+
+
+_gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head attention over earlier positions. With decode=True it keeps keys and values in a `cache`
@@ -125,11 +149,18 @@ class CausalSelfAttention(nn.Module):
         H, K, D = c.num_heads, c.head_dim, c.d_model
         normal = nn.initializers.normal(c.init_std)
         w_qkv = _param(self, "qkv_kernel", normal, (D, 3, H, K), ("embed", None, "heads", "kv"), c)
-        qkv_3xBxTxHxK = jnp.einsum("btd,dnhk->nbthk", x_BxTxD, w_qkv.astype(dtype))
-        if c.use_bias:
+        if os.environ.get("QKV") == "btn":
+            qkv = jnp.einsum("btd,dnhk->btnhk", x_BxTxD, w_qkv.astype(dtype))
+            if c.use_bias:
+                b_qkv = _param(self, "qkv_bias", nn.initializers.zeros, (3, H, K), (None, "heads", "kv"), c)
+                qkv = qkv + b_qkv.astype(dtype)
+            q_BxTxHxK, k_BxSxHxK, v_BxSxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+          qkv_3xBxTxHxK = jnp.einsum("btd,dnhk->nbthk", x_BxTxD, w_qkv.astype(dtype))
+          if c.use_bias:
             b_qkv = _param(self, "qkv_bias", nn.initializers.zeros, (3, H, K), (None, "heads", "kv"), c)
             qkv_3xBxTxHxK = qkv_3xBxTxHxK + b_qkv.astype(dtype)[:, None, None]
-        q_BxTxHxK, k_BxSxHxK, v_BxSxHxK = qkv_3xBxTxHxK
+          q_BxTxHxK, k_BxSxHxK, v_BxSxHxK = qkv_3xBxTxHxK
         B, T = x_BxTxD.shape[:2]
 
         q_pos = jnp.arange(T)
@@ -150,12 +181,25 @@ class CausalSelfAttention(nn.Module):
         if kv_mask_BxS is not None:
             mask_BxTxS = mask_BxTxS & kv_mask_BxS[:, None, :].astype(bool)
 
-        logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) / math.sqrt(K)
-        # A finite floor keeps fully masked rows (left padding) from turning into NaN.
-        logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
-        probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(dtype)
-        probs_BxHxTxS = nn.Dropout(c.dropout)(probs_BxHxTxS, deterministic=not train)
-        out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS, v_BxSxHxK)
+        att = os.environ.get("ATT", "")
+        if att == "dpa" and not (train and c.dropout):
+            out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_BxTxS[:, None], implementation="xla")
+        elif att == "bh":
+            # heads-major layout: one batched matmul per (b,h)
+            q = q_BxTxHxK.transpose(0, 2, 1, 3) * jnp.asarray(1 / math.sqrt(K), dtype)
+            k = k_BxSxHxK.transpose(0, 2, 1, 3); v = v_BxSxHxK.transpose(0, 2, 1, 3)
+            logits = jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=jnp.float32)
+            logits = jnp.where(mask_BxTxS[:, None], logits, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+            probs = nn.Dropout(c.dropout)(probs, deterministic=not train)
+            out_BxTxHxK = jnp.einsum("bhts,bhsk->bhtk", probs, v).transpose(0, 2, 1, 3)
+        else:
+          logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) / math.sqrt(K)
+          # A finite floor keeps fully masked rows (left padding) from turning into NaN.
+          logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+          probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(dtype)
+          probs_BxHxTxS = nn.Dropout(c.dropout)(probs_BxHxTxS, deterministic=not train)
+          out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS, v_BxSxHxK)
         out_BxTxHxK = nn.with_logical_constraint(out_BxTxHxK, ("batch", "length", "act_heads", "kv"))
 
         # GPT-2: residual output projections scaled by 1/sqrt(2 * num_layers).
@@ -179,7 +223,7 @@ class MLP(nn.Module):
         h_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, w_in.astype(dtype))
         if c.use_bias:
             h_BxTxF = h_BxTxF + _param(self, "fc_bias", nn.initializers.zeros, (F,), ("mlp",), c).astype(dtype)
-        h_BxTxF = nn.with_logical_constraint(jax.nn.gelu(h_BxTxF, approximate=True), ("batch", "length", "act_mlp"))
+        h_BxTxF = nn.with_logical_constraint(_gelu(h_BxTxF) if os.environ.get("GELU") else jax.nn.gelu(h_BxTxF, approximate=True), ("batch", "length", "act_mlp"))
         w_out = _param(self, "proj_kernel", nn.initializers.normal(c.init_std / math.sqrt(2 * c.num_layers)),
                        (F, D), ("mlp", "embed"), c)
         y_BxTxD = jnp.einsum("btf,fd->btd", h_BxTxF, w_out.astype(dtype))

@@ -34,6 +34,18 @@ def sample_logits(rng, logits_BxV, temperature: float, top_k: int = 0, top_p: fl
     return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 
+def check_prompt(prompt_len: int, max_new_tokens: int, max_len: int) -> None:
+    if prompt_len == 0:
+        raise PromptError("prompt: empty after tokenization; give at least one character")
+    if max_new_tokens < 1:
+        raise PromptError(f"max_new_tokens: must be at least 1, got {max_new_tokens}")
+    if prompt_len + max_new_tokens > max_len:
+        raise PromptError(
+            f"prompt: {prompt_len} tokens + max_new_tokens={max_new_tokens} exceed the model's context "
+            f"of {max_len} tokens"
+        )
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p"))
 def _generate(model, params, prompt_BxP, rng, max_new_tokens, temperature, top_k, top_p):
     B, P = prompt_BxP.shape
@@ -72,13 +84,7 @@ def generate(
 ) -> np.ndarray:
     """Continues one prompt `num_samples` times; returns the new token ids, int32 (num_samples, max_new_tokens)."""
     prompt = list(prompt_ids)
-    if not prompt:
-        raise PromptError("prompt: empty after tokenization; give at least one character")
-    if len(prompt) + max_new_tokens > model_cfg.max_len:
-        raise PromptError(
-            f"prompt: {len(prompt)} tokens + max_new_tokens={max_new_tokens} exceed the model's context "
-            f"of {model_cfg.max_len} tokens"
-        )
+    check_prompt(len(prompt), max_new_tokens, model_cfg.max_len)
     model = GPT(dataclasses.replace(model_cfg, dropout=0.0))
     prompt_BxP = jnp.asarray(np.tile(np.asarray(prompt, np.int32), (num_samples, 1)))
     out = _generate(

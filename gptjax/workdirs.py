@@ -12,11 +12,15 @@ from gptjax import checkpoint, configs, sampling, sharding, tokenizer
 from gptjax.model import GPT, ModelConfig
 
 
+def load_config(workdir: str):
+    """(config, model_cfg, tokenizer) of `workdir`: cheap, no params."""
+    config = ml_collections.ConfigDict(checkpoint.read_config(workdir))
+    return config, ModelConfig.from_config(config.model), tokenizer.load_tokenizer(workdir)
+
+
 def load(workdir: str):
     """(config, model_cfg, params, tokenizer) of the latest checkpoint in `workdir`, params on this run's mesh."""
-    config = ml_collections.ConfigDict(checkpoint.read_config(workdir))
-    model_cfg = ModelConfig.from_config(config.model)
-    tok = tokenizer.load_tokenizer(workdir)
+    config, model_cfg, tok = load_config(workdir)
     mesh = sharding.make_mesh((-1, 1, 1))
     rules = tuple(tuple(r) for r in config.mesh.logical_axis_rules)
     model = GPT(model_cfg)
@@ -30,8 +34,11 @@ def load(workdir: str):
 
 def sample_from_workdir(workdir: str, prompt: str, **kwargs) -> list[str]:
     """Prints and returns `num_samples` continuations of `prompt`."""
-    _, model_cfg, params, tok = load(workdir)
-    ids = sampling.generate(model_cfg, params, tok.encode(prompt), **kwargs)
+    _, model_cfg, tok = load_config(workdir)
+    prompt_ids = tok.encode(prompt)
+    sampling.check_prompt(len(prompt_ids), kwargs.get("max_new_tokens", 100), model_cfg.max_len)
+    _, _, params, _ = load(workdir)
+    ids = sampling.generate(model_cfg, params, prompt_ids, **kwargs)
     texts = [prompt + tok.decode(row) for row in ids]
     for text in texts:
         print(text, flush=True)

@@ -1,0 +1,132 @@
+"""The `gptjax` command end to end: train a tiny model then sample from it; import a transformers GPT-2 and
+sample the same greedy text transformers generates; fine-tune the import; bad input gives one line."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def gptjax(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "gptjax.main", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)
+
+
+def one_line_error(out, message):
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.startswith("gptjax: error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert message in out.stderr, out.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(corpus_file, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("cli") / "run")
+    out = gptjax("train", f"--workdir={workdir}", f"--config={ROOT}/experiments/pretrain/shakespeare_char.py",
+                 f"--config.data.path={corpus_file}", "--config.train.steps=30", "--config.eval.every_steps=15",
+                 "--config.eval.steps=2", "--config.train.log_every_steps=10", "--config.sample.max_new_tokens=20",
+                 "--config.mesh.shape=(-1,1,1)", "--config.train.batch_size=16")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir, out
+
+
+@pytest.mark.slow
+def test_train_end_to_end(trained):
+    workdir, out = trained
+    assert "step     30/30 | val_loss" in out.stdout
+    for name in ("config.json", "metrics.jsonl", "loss_curve.png", "samples.txt", "tokenizer"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "30"))
+
+
+@pytest.mark.slow
+def test_sample_from_workdir(trained, tmp_path):
+    workdir, _ = trained
+    args = ["sample", f"--workdir={workdir}", "--prompt=ROMEO:", "--max_new_tokens=16", "--seed=3"]
+    a, b = gptjax(*args), gptjax(*args)
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert a.stdout.startswith("ROMEO:") and len(a.stdout.split("-----")[0].strip()) > len("ROMEO:")
+    assert a.stdout == b.stdout  # the same seed gives the same text
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("JULIET:\n")
+    c = gptjax("sample", f"--workdir={workdir}", f"--prompt_file={prompt_file}", "--temperature=0",
+               "--max_new_tokens=8")
+    assert c.returncode == 0 and c.stdout.startswith("JULIET:\n")
+
+
+def test_sample_errors(trained, tmp_path):
+    workdir, _ = trained
+    one_line_error(gptjax("sample", f"--workdir={workdir}", "--prompt=" + "x" * 70, "--max_new_tokens=1"),
+                   "prompt: 70 tokens + max_new_tokens=1 exceed the model's context of 64 tokens")
+    one_line_error(gptjax("sample", f"--workdir={tmp_path / 'nothing'}", "--prompt=hi"), "not a gptjax workdir")
+    one_line_error(gptjax("sample", f"--workdir={workdir}", f"--prompt_file={tmp_path / 'none.txt'}"),
+                   "--prompt_file: no such file")
+
+
+def test_train_data_errors(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    base = ["train", f"--workdir={tmp_path / 'run'}", f"--config={ROOT}/experiments/pretrain/shakespeare_char.py",
+            "--config.mesh.shape=(2,2,2)"]
+    one_line_error(gptjax(*base, f"--config.data.path={tmp_path / 'missing.txt'}"), "data.path: no such file")
+    one_line_error(gptjax(*base, f"--config.data.path={empty}"), "data.path")
+
+
+@pytest.fixture(scope="module")
+def hf_dir(corpus_file, tmp_path_factory):
+    """A random transformers GPT-2 with a byte-level BPE trained on the corpus, as a hub directory would hold."""
+    import torch
+    import transformers
+    from tokenizers import ByteLevelBPETokenizer
+
+    path = tmp_path_factory.mktemp("hf")
+    tok = ByteLevelBPETokenizer()
+    tok.train([corpus_file], vocab_size=400, special_tokens=["<|endoftext|>"])
+    tok.save(str(path / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=tok.get_vocab_size(),
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    return path, model, tok
+
+
+@pytest.mark.slow
+def test_import_hf_then_sample_matches_transformers(hf_dir, tmp_path):
+    import torch
+
+    path, model, tok = hf_dir
+    workdir = tmp_path / "imported"
+    out = gptjax("import-hf", f"--hf_dir={path}", f"--workdir={workdir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    prompt = "First Citizen:\nBefore we proceed"
+    sample = gptjax("sample", f"--workdir={workdir}", f"--prompt={prompt}", "--temperature=0", "--max_new_tokens=12")
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    ids = tok.encode(prompt).ids
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=0)
+    expected = prompt + tok.decode(ref[0, len(ids):].tolist())
+    assert sample.stdout.split("\n-----")[0] == expected
+    one_line_error(gptjax("import-hf", f"--hf_dir={path}", f"--workdir={workdir}"), "already holds a run")
+
+
+@pytest.mark.slow
+def test_fine_tune_from_import(hf_dir, corpus_file, tmp_path):
+    path, _, _ = hf_dir
+    imported, tuned = tmp_path / "imported", tmp_path / "tuned"
+    assert gptjax("import-hf", f"--hf_dir={path}", f"--workdir={imported}").returncode == 0
+    out = gptjax("train", f"--workdir={tuned}", "--config.data.source=text", f"--config.data.path={corpus_file}",
+                 f"--config.train.init_from={imported}", "--config.train.steps=6", "--config.train.log_every_steps=3",
+                 "--config.eval.every_steps=6", "--config.eval.steps=1", "--config.data.seq_len=64",
+                 "--config.train.batch_size=8", "--config.sample.max_new_tokens=4")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"initialised params from {imported}" in out.stdout
+    assert "0.14M params" in out.stdout or "M params" in out.stdout
+    import json
+
+    cfg = json.load(open(tuned / "config.json"))
+    assert (cfg["model"]["num_layers"], cfg["model"]["d_model"], cfg["data"]["tokenizer"]) == (2, 64, "hf")
+    assert np.isfinite(json.loads(open(tuned / "metrics.jsonl").readline())["train_loss"])
