@@ -136,6 +136,47 @@ def _gelu_bwd(res, g):
 _gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
+@jax.custom_vjp
+def _attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, keep_BxHxTxS):
+    return _attention_fwd(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, keep_BxHxTxS)[0]
+
+
+def _attention_fwd(q, k, v, mask, keep):
+    dtype = q.dtype
+    scale = 1 / math.sqrt(q.shape[-1])
+    qh = q.transpose(0, 2, 1, 3)
+    kh = k.transpose(0, 2, 1, 3)
+    vh = v.transpose(0, 2, 1, 3)
+    s = jnp.einsum("bhtk,bhsk->bhts", qh, kh, preferred_element_type=jnp.float32) * scale
+    s = jnp.where(mask[:, None], s, jnp.finfo(jnp.float32).min)
+    p = jnp.exp(s - s.max(-1, keepdims=True))
+    p = p * (1 / p.sum(-1, keepdims=True))
+    p = p.astype(dtype)
+    pd = p if keep is None else p * keep
+    oh = jnp.einsum("bhts,bhsk->bhtk", pd, vh)
+    return oh.transpose(0, 2, 1, 3), (qh, kh, vh, p, keep, oh, mask)
+
+
+def _attention_bwd(res, do):
+    qh, kh, vh, p, keep, oh, mask = res
+    scale = 1 / math.sqrt(qh.shape[-1])
+    doh = do.transpose(0, 2, 1, 3)
+    pd = p if keep is None else p * keep
+    dvh = jnp.einsum("bhts,bhtk->bhsk", pd, doh)
+    dp = jnp.einsum("bhtk,bhsk->bhts", doh, vh, preferred_element_type=jnp.float32)
+    if keep is not None:
+        dp = dp * keep
+    dsum = jnp.einsum("bhtk,bhtk->bht", doh.astype(jnp.float32), oh.astype(jnp.float32))
+    ds = (p.astype(jnp.float32) * (dp - dsum[..., None])).astype(qh.dtype)
+    dqh = jnp.einsum("bhts,bhsk->bhtk", ds, kh) * jnp.asarray(scale, qh.dtype)
+    dkh = jnp.einsum("bhts,bhtk->bhsk", ds, qh) * jnp.asarray(scale, qh.dtype)
+    t = lambda x: x.transpose(0, 2, 1, 3)
+    return t(dqh), t(dkh), t(dvh), None, None if keep is None else jnp.zeros_like(keep)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention over earlier positions. With decode=True it keeps keys and values in a `cache`
     collection sized by the input it was initialised with, and each call appends its T positions."""
@@ -182,7 +223,12 @@ class CausalSelfAttention(nn.Module):
             mask_BxTxS = mask_BxTxS & kv_mask_BxS[:, None, :].astype(bool)
 
         att = os.environ.get("ATT", "")
-        if att == "dpa" and not (train and c.dropout):
+        if att == "vjp":
+            keep = None
+            if train and c.dropout:
+                keep = nn.Dropout(c.dropout)(jnp.ones((B, H, T, S), dtype), deterministic=False)
+            out_BxTxHxK = _attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, keep)
+        elif att == "dpa" and not (train and c.dropout):
             out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_BxTxS[:, None], implementation="xla")
         elif att == "bh":
             # heads-major layout: one batched matmul per (b,h)

@@ -1,6 +1,7 @@
 """Pretraining: `train_and_evaluate(config, workdir)` builds the sharded state (or resumes it), runs the jitted
 step, evaluates, logs and checkpoints. Data flows config -> data -> model -> step -> checkpoints and metrics."""
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -80,19 +81,11 @@ class Trainer:
         )
         self.eval_step = jax.jit(self._eval_step, in_shardings=(self.state_shardings.params, batch))
 
+    @contextlib.contextmanager
     def context(self):
         """The mesh and logical-axis rules that tracing and running the model need."""
-        mesh, rules = self.mesh, self.rules
-
-        class _Ctx:
-            def __enter__(s):
-                s.a, s.b = jax.set_mesh(mesh), nn.logical_axis_rules(rules)
-                s.a.__enter__(), s.b.__enter__()
-
-            def __exit__(s, *exc):
-                s.b.__exit__(*exc), s.a.__exit__(*exc)
-
-        return _Ctx()
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
 
     def init_state(self, seed: int, params=None) -> TrainState:
         rng = jax.random.PRNGKey(seed)

@@ -74,7 +74,7 @@ def test_gpt2_124m_recipe():
     [
         ({"model.num_heads": 5}, "model.num_heads: 5 heads do not divide model.d_model=256"),
         ({"data.seq_len": 512}, "data.seq_len: 512 is longer than the position table model.max_len=256"),
-        ({"train.grad_accum_steps": 3}, "train.grad_accum_steps: 3 micro-batches do not divide train.batch_size=32"),
+        ({"train.grad_accum_steps": 3}, "train.grad_accum_steps: 3 micro-batches do not divide train.batch_size=16"),
         ({"model.norm": "middle"}, "model.norm: 'middle' is not one of pre, post"),
         ({"data.source": "web"}, "data.source: 'web' is not one of"),
         ({"mesh.shape": (2, 2)}, "mesh.shape: (2, 2) is not three positive sizes"),

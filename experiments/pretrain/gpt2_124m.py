@@ -11,22 +11,13 @@ gptjax train --config=experiments/pretrain/gpt2_124m.py --workdir=gs://BUCKET/gp
 Options: `gpt2_124m.py:size=gpt2-medium` for the other GPT-2 presets.
 """
 
-from gptjax.configs import default, parse_arg
+from gptjax import configs
 
 
 def get_config(arg=None):
-    opts = parse_arg(arg, size="gpt2-small")
-    c = default.get_config()
-    c.model.preset = opts.size
-    c.model.dropout = 0.0
-    c.model.dtype = "bfloat16"
-    c.model.scan_layers = True
-    c.model.remat = "full"
-    c.data.source = "tfds:openwebtext"
-    c.data.tfds_val_split = "train[-1%:]"
-    c.data.tfds_train_split = "train[:-1%]"
-    c.data.tokenizer = "hf"
-    c.data.seq_len = 1024
+    opts = configs.parse_arg(arg, size="gpt2-small")
+    c = configs.get_config()
+    configs.web_scale(c, opts.size, seq_len=1024)
     c.train.update(steps=600_000, batch_size=480, grad_accum_steps=1, log_every_steps=100)
     c.optim.update(lr=6e-4, min_lr=6e-5, warmup_steps=2000, decay_steps=600_000, b1=0.9, b2=0.95, eps=1e-8,
                    weight_decay=0.1, clip_norm=1.0)

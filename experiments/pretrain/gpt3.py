@@ -5,7 +5,7 @@ Batch size (in tokens) and learning rate follow table 2.1; warmup 375M tokens; c
 over all devices with 8-way tensor parallelism for the models above 6.7B.
 """
 
-from gptjax.configs import default, parse_arg
+from gptjax import configs
 
 # size: (batch size in sequences of 2048, learning rate)
 _TABLE = {
@@ -21,22 +21,13 @@ _TABLE = {
 
 
 def get_config(arg=None):
-    opts = parse_arg(arg, size="gpt3-small", tensor=0)
+    opts = configs.parse_arg(arg, size="gpt3-small", tensor=0)
     if opts.size not in _TABLE:
         raise ValueError(f"size: {opts.size!r} is not one of {', '.join(_TABLE)}")
     batch, lr = _TABLE[opts.size]
     tokens_per_step = batch * 2048
-    c = default.get_config()
-    c.model.preset = opts.size
-    c.model.dropout = 0.0
-    c.model.dtype = "bfloat16"
-    c.model.scan_layers = True
-    c.model.remat = "full"
-    c.data.source = "tfds:openwebtext"
-    c.data.tfds_val_split = "train[-1%:]"
-    c.data.tfds_train_split = "train[:-1%]"
-    c.data.tokenizer = "hf"
-    c.data.seq_len = 2048
+    c = configs.get_config()
+    configs.web_scale(c, opts.size, seq_len=2048)
     c.train.update(steps=300_000_000_000 // tokens_per_step, batch_size=batch, log_every_steps=100)
     c.optim.update(lr=lr, min_lr=lr / 10, warmup_steps=375_000_000 // tokens_per_step,
                    decay_steps=260_000_000_000 // tokens_per_step, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0)

@@ -22,3 +22,13 @@ def parse_arg(arg: str | None, **defaults):
         else:
             out[key] = typ(value)
     return out
+
+
+def web_scale(config, preset: str, seq_len: int):
+    """The shared part of the GPT-2/GPT-3 recipes for real hardware: a size preset, no dropout, bf16 compute,
+    scanned and rematerialised blocks, TFDS OpenWebText with GPT-2's BPE (a Hugging Face tokenizer directory
+    given as data.tokenizer_path), 1% of it held out."""
+    config.model.update(preset=preset, dropout=0.0, dtype="bfloat16", scan_layers=True, remat="full")
+    config.data.update(source="tfds:openwebtext", tfds_train_split="train[:-1%]", tfds_val_split="train[-1%:]",
+                       tokenizer="hf", seq_len=seq_len)
+    return config

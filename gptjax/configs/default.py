@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.norm = "pre"  # pre (GPT-2/3) | post (GPT-1)
     m.tie_embeddings = True
     m.use_bias = True
-    m.dropout = 0.1  # on embeddings, attention weights and residual branches
+    m.dropout = 0.0  # on embeddings, attention weights and residual branches (GPT-1/2 used 0.1)
     m.layer_norm_eps = 1e-5
     m.init_std = 0.02
     m.param_dtype = "float32"
@@ -48,8 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.seq_len = 128  # tokens per training sequence
 
     c.train = t = ml_collections.ConfigDict()
-    t.steps = 2000
-    t.batch_size = 32  # global batch, in sequences
+    t.steps = 1000
+    t.batch_size = 16  # global batch, in sequences
     t.grad_accum_steps = 1  # micro-batches per step (the batch is split into this many)
     t.log_every_steps = 50
     t.init_from = ""  # a workdir or checkpoint step dir whose params start this run (fine-tuning)
@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     o.clip_norm = 1.0  # 0: no clipping
 
     c.eval = e = ml_collections.ConfigDict()
-    e.every_steps = 250
+    e.every_steps = 200
     e.steps = 20
     e.batch_size = 0  # 0: train.batch_size
 
