@@ -6,8 +6,8 @@ activations are constrained at block boundaries.
 """
 
 import dataclasses
+import functools
 import math
-import os
 
 import flax.linen as nn
 import jax
@@ -69,109 +69,79 @@ class LayerNorm(nn.Module):
         c = self.cfg
         scale = _param(self, "scale", nn.initializers.ones, (c.d_model,), ("embed",), c)
         bias = _param(self, "bias", nn.initializers.zeros, (c.d_model,), ("embed",), c)
-        import os
-        if os.environ.get("LNVJP"):
-            return _layer_norm(x, scale, bias, c.layer_norm_eps, c.dtype)
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + c.layer_norm_eps)
-        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(DTYPES[c.dtype])
+        return _layer_norm(x, scale, bias, c.layer_norm_eps, c.dtype)
 
 
-import functools, os
-
-
+# LayerNorm and attention have hand-written backward passes, for speed on XLA:CPU (benchmarks/README.md). With
+# autodiff, the LayerNorm backward left a chain of elementwise ops along the residual stream that XLA fused, and
+# recomputed transposed, into the weight-gradient matmuls of every later layer: steps were 1.5x slower. The
+# attention backward takes the softmax term from rowsum(dout * out).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _layer_norm(x, scale, bias, eps, dtype):
+def _layer_norm(x, scale, bias, eps: float, dtype: str):
     return _layer_norm_fwd(x, scale, bias, eps, dtype)[0]
 
 
 def _layer_norm_fwd(x, scale, bias, eps, dtype):
     x32 = x.astype(jnp.float32)
-    mean = x32.mean(-1, keepdims=True)
-    xc = x32 - mean
-    rstd = jax.lax.rsqrt(jnp.square(xc).mean(-1, keepdims=True) + eps)
-    xhat = xc * rstd
+    centered = x32 - x32.mean(-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.square(centered).mean(-1, keepdims=True) + eps)
+    xhat = centered * rstd
     y = (xhat * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(DTYPES[dtype])
-    return y, (xhat, rstd, scale, jnp.zeros((0,), x.dtype))
+    return y, (xhat, rstd, scale, jnp.zeros((0,), x.dtype))  # the empty array carries x's dtype
 
 
 def _layer_norm_bwd(eps, dtype, res, dy):
-    xhat, rstd, scale, xdtype = res
+    xhat, rstd, scale, x_dtype = res
     dy32 = dy.astype(jnp.float32)
-    axes = tuple(range(dy.ndim - 1))
-    dscale = (dy32 * xhat).sum(axes).astype(scale.dtype)
-    dbias = dy32.sum(axes).astype(scale.dtype)
+    rows = tuple(range(dy.ndim - 1))
     g = dy32 * scale.astype(jnp.float32)
     dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
-    if os.environ.get("LNBAR"):
-        dx = jax.lax.optimization_barrier(dx)
-    return dx.astype(xdtype.dtype), dscale, dbias
+    return dx.astype(x_dtype.dtype), (dy32 * xhat).sum(rows).astype(scale.dtype), dy32.sum(rows).astype(scale.dtype)
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
-_C = math.sqrt(2 / math.pi)
-
-
-@jax.custom_vjp
-def _gelu(x):
-    return jax.nn.gelu(x, approximate=True)
-
-
-def _gelu_fwd(x):
-    x32 = x.astype(jnp.float32)
-    t = jnp.tanh(_C * (x32 + 0.044715 * x32 * x32 * x32))
-    return (0.5 * x32 * (1 + t)).astype(x.dtype), (x, t.astype(x.dtype) if os.environ.get("GELU") == "lowt" else t)
-
-
-def _gelu_bwd(res, g):
-    x, t = res
-    x32, t = x.astype(jnp.float32), t.astype(jnp.float32)
-    d = 0.5 * (1 + t) + 0.5 * x32 * (1 - t * t) * _C * (1 + 3 * 0.044715 * x32 * x32)
-    return ((g.astype(jnp.float32) * d).astype(x.dtype),)
-
-
-_gelu.defvjp(_gelu_fwd, _gelu_bwd)
-
 
 @jax.custom_vjp
 def _attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, keep_BxHxTxS):
+    """softmax(q k / sqrt(K), masked) v, computed heads-major; `keep` is the dropout multiplier or None."""
     return _attention_fwd(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, keep_BxHxTxS)[0]
 
 
-def _attention_fwd(q, k, v, mask, keep):
-    dtype = q.dtype
-    scale = 1 / math.sqrt(q.shape[-1])
-    qh = q.transpose(0, 2, 1, 3)
-    kh = k.transpose(0, 2, 1, 3)
-    vh = v.transpose(0, 2, 1, 3)
-    s = jnp.einsum("bhtk,bhsk->bhts", qh, kh, preferred_element_type=jnp.float32) * scale
-    s = jnp.where(mask[:, None], s, jnp.finfo(jnp.float32).min)
-    p = jnp.exp(s - s.max(-1, keepdims=True))
-    p = p * (1 / p.sum(-1, keepdims=True))
-    p = p.astype(dtype)
-    pd = p if keep is None else p * keep
-    oh = jnp.einsum("bhts,bhsk->bhtk", pd, vh)
-    return oh.transpose(0, 2, 1, 3), (qh, kh, vh, p, keep, oh, mask)
+def _attention_fwd(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, keep_BxHxTxS):
+    dtype = q_BxTxHxK.dtype
+    q_BxHxTxK, k_BxHxSxK, v_BxHxSxK = (a.transpose(0, 2, 1, 3) for a in (q_BxTxHxK, k_BxSxHxK, v_BxSxHxK))
+    logits_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK, preferred_element_type=jnp.float32)
+    logits_BxHxTxS = logits_BxHxTxS * (1 / math.sqrt(q_BxTxHxK.shape[-1]))
+    # A finite floor keeps fully masked rows (left padding) from turning into NaN.
+    logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+    probs_BxHxTxS = jnp.exp(logits_BxHxTxS - logits_BxHxTxS.max(-1, keepdims=True))
+    probs_BxHxTxS = probs_BxHxTxS * (1 / probs_BxHxTxS.sum(-1, keepdims=True))
+    dropped_BxHxTxS = probs_BxHxTxS if keep_BxHxTxS is None else probs_BxHxTxS * keep_BxHxTxS
+    probs_BxHxTxS = probs_BxHxTxS.astype(dtype)
+    out_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", dropped_BxHxTxS.astype(dtype), v_BxHxSxK)
+    res = (q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, probs_BxHxTxS, keep_BxHxTxS, out_BxHxTxK, mask_BxTxS)
+    return out_BxHxTxK.transpose(0, 2, 1, 3), res
 
 
-def _attention_bwd(res, do):
-    qh, kh, vh, p, keep, oh, mask = res
-    scale = 1 / math.sqrt(qh.shape[-1])
-    doh = do.transpose(0, 2, 1, 3)
-    pd = p if keep is None else p * keep
-    dvh = jnp.einsum("bhts,bhtk->bhsk", pd, doh)
-    dp = jnp.einsum("bhtk,bhsk->bhts", doh, vh, preferred_element_type=jnp.float32)
-    if keep is not None:
-        dp = dp * keep
-    dsum = jnp.einsum("bhtk,bhtk->bht", doh.astype(jnp.float32), oh.astype(jnp.float32))
-    ds = (p.astype(jnp.float32) * (dp - dsum[..., None])).astype(qh.dtype)
-    dqh = jnp.einsum("bhts,bhsk->bhtk", ds, kh) * jnp.asarray(scale, qh.dtype)
-    dkh = jnp.einsum("bhts,bhtk->bhsk", ds, qh) * jnp.asarray(scale, qh.dtype)
-    t = lambda x: x.transpose(0, 2, 1, 3)
-    return t(dqh), t(dkh), t(dvh), None, None if keep is None else jnp.zeros_like(keep)
+def _attention_bwd(res, dout_BxTxHxK):
+    q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, probs_BxHxTxS, keep_BxHxTxS, out_BxHxTxK, mask_BxTxS = res
+    dtype, scale = q_BxHxTxK.dtype, 1 / math.sqrt(q_BxHxTxK.shape[-1])
+    dout_BxHxTxK = dout_BxTxHxK.transpose(0, 2, 1, 3)
+    dropped_BxHxTxS = probs_BxHxTxS if keep_BxHxTxS is None else (probs_BxHxTxS * keep_BxHxTxS).astype(dtype)
+    dv_BxHxSxK = jnp.einsum("bhts,bhtk->bhsk", dropped_BxHxTxS, dout_BxHxTxK)
+    dprobs_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", dout_BxHxTxK, v_BxHxSxK, preferred_element_type=jnp.float32)
+    if keep_BxHxTxS is not None:
+        dprobs_BxHxTxS = dprobs_BxHxTxS * keep_BxHxTxS
+    # Softmax backward p * (dp - sum_s p dp), where sum_s p dp = dout . out (with dropout too).
+    row_BxHxT = jnp.einsum("bhtk,bhtk->bht", dout_BxHxTxK.astype(jnp.float32), out_BxHxTxK.astype(jnp.float32))
+    dlogits_BxHxTxS = probs_BxHxTxS.astype(jnp.float32) * (dprobs_BxHxTxS - row_BxHxT[..., None])
+    # Masked logits get no gradient (rows that are all masked, left padding, have uniform probs).
+    dlogits_BxHxTxS = jnp.where(mask_BxTxS[:, None], dlogits_BxHxTxS * scale, 0.0).astype(dtype)
+    dq_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", dlogits_BxHxTxS, k_BxHxSxK)
+    dk_BxHxSxK = jnp.einsum("bhts,bhtk->bhsk", dlogits_BxHxTxS, q_BxHxTxK)
+    back = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731
+    return back(dq_BxHxTxK), back(dk_BxHxSxK), back(dv_BxHxSxK), None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -190,18 +160,12 @@ class CausalSelfAttention(nn.Module):
         H, K, D = c.num_heads, c.head_dim, c.d_model
         normal = nn.initializers.normal(c.init_std)
         w_qkv = _param(self, "qkv_kernel", normal, (D, 3, H, K), ("embed", None, "heads", "kv"), c)
-        if os.environ.get("QKV") == "btn":
-            qkv = jnp.einsum("btd,dnhk->btnhk", x_BxTxD, w_qkv.astype(dtype))
-            if c.use_bias:
-                b_qkv = _param(self, "qkv_bias", nn.initializers.zeros, (3, H, K), (None, "heads", "kv"), c)
-                qkv = qkv + b_qkv.astype(dtype)
-            q_BxTxHxK, k_BxSxHxK, v_BxSxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        else:
-          qkv_3xBxTxHxK = jnp.einsum("btd,dnhk->nbthk", x_BxTxD, w_qkv.astype(dtype))
-          if c.use_bias:
+        # One (B*T, D) x (D, 3*H*K) matmul with a row-major result; q, k and v are slices of it.
+        qkv_BxTx3xHxK = jnp.einsum("btd,dnhk->btnhk", x_BxTxD, w_qkv.astype(dtype))
+        if c.use_bias:
             b_qkv = _param(self, "qkv_bias", nn.initializers.zeros, (3, H, K), (None, "heads", "kv"), c)
-            qkv_3xBxTxHxK = qkv_3xBxTxHxK + b_qkv.astype(dtype)[:, None, None]
-          q_BxTxHxK, k_BxSxHxK, v_BxSxHxK = qkv_3xBxTxHxK
+            qkv_BxTx3xHxK = qkv_BxTx3xHxK + b_qkv.astype(dtype)
+        q_BxTxHxK, k_BxSxHxK, v_BxSxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
         B, T = x_BxTxD.shape[:2]
 
         q_pos = jnp.arange(T)
@@ -222,30 +186,10 @@ class CausalSelfAttention(nn.Module):
         if kv_mask_BxS is not None:
             mask_BxTxS = mask_BxTxS & kv_mask_BxS[:, None, :].astype(bool)
 
-        att = os.environ.get("ATT", "")
-        if att == "vjp":
-            keep = None
-            if train and c.dropout:
-                keep = nn.Dropout(c.dropout)(jnp.ones((B, H, T, S), dtype), deterministic=False)
-            out_BxTxHxK = _attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, keep)
-        elif att == "dpa" and not (train and c.dropout):
-            out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_BxTxS[:, None], implementation="xla")
-        elif att == "bh":
-            # heads-major layout: one batched matmul per (b,h)
-            q = q_BxTxHxK.transpose(0, 2, 1, 3) * jnp.asarray(1 / math.sqrt(K), dtype)
-            k = k_BxSxHxK.transpose(0, 2, 1, 3); v = v_BxSxHxK.transpose(0, 2, 1, 3)
-            logits = jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=jnp.float32)
-            logits = jnp.where(mask_BxTxS[:, None], logits, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-            probs = nn.Dropout(c.dropout)(probs, deterministic=not train)
-            out_BxTxHxK = jnp.einsum("bhts,bhsk->bhtk", probs, v).transpose(0, 2, 1, 3)
-        else:
-          logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) / math.sqrt(K)
-          # A finite floor keeps fully masked rows (left padding) from turning into NaN.
-          logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
-          probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(dtype)
-          probs_BxHxTxS = nn.Dropout(c.dropout)(probs_BxHxTxS, deterministic=not train)
-          out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS, v_BxSxHxK)
+        keep_BxHxTxS = None  # attention dropout as a multiplier, 0 or 1 / (1 - rate), from flax's Dropout
+        if train and c.dropout:
+            keep_BxHxTxS = nn.Dropout(c.dropout)(jnp.ones((B, H, T, S), jnp.float32), deterministic=False)
+        out_BxTxHxK = _attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, keep_BxHxTxS)
         out_BxTxHxK = nn.with_logical_constraint(out_BxTxHxK, ("batch", "length", "act_heads", "kv"))
 
         # GPT-2: residual output projections scaled by 1/sqrt(2 * num_layers).
@@ -269,7 +213,7 @@ class MLP(nn.Module):
         h_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, w_in.astype(dtype))
         if c.use_bias:
             h_BxTxF = h_BxTxF + _param(self, "fc_bias", nn.initializers.zeros, (F,), ("mlp",), c).astype(dtype)
-        h_BxTxF = nn.with_logical_constraint(_gelu(h_BxTxF) if os.environ.get("GELU") else jax.nn.gelu(h_BxTxF, approximate=True), ("batch", "length", "act_mlp"))
+        h_BxTxF = nn.with_logical_constraint(jax.nn.gelu(h_BxTxF, approximate=True), ("batch", "length", "act_mlp"))
         w_out = _param(self, "proj_kernel", nn.initializers.normal(c.init_std / math.sqrt(2 * c.num_layers)),
                        (F, D), ("mlp", "embed"), c)
         y_BxTxD = jnp.einsum("btf,fd->btd", h_BxTxF, w_out.astype(dtype))
