@@ -331,8 +331,31 @@ def count_params(params) -> int:
 
 def cross_entropy(logits_BxTxV, targets_BxT, weights_BxT=None):
     """Mean next-token cross-entropy (nats), weighted; returns (loss, total weight)."""
-    logp_BxT = jnp.take_along_axis(jax.nn.log_softmax(logits_BxTxV, axis=-1), targets_BxT[..., None], axis=-1)[..., 0]
+    nll_BxT = _token_nll(logits_BxTxV, targets_BxT)
     if weights_BxT is None:
-        weights_BxT = jnp.ones_like(logp_BxT)
+        weights_BxT = jnp.ones_like(nll_BxT)
     total = weights_BxT.sum()
-    return -(logp_BxT * weights_BxT).sum() / jnp.maximum(total, 1.0), total
+    return (nll_BxT * weights_BxT).sum() / jnp.maximum(total, 1.0), total
+
+
+@jax.custom_vjp
+def _token_nll(logits_BxTxV, targets_BxT):
+    """-log softmax(logits)[target] per position; its backward is softmax - one_hot in one elementwise pass."""
+    return _token_nll_fwd(logits_BxTxV, targets_BxT)[0]
+
+
+def _token_nll_fwd(logits_BxTxV, targets_BxT):
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+    target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+    return lse_BxT - target_logit_BxT, (logits_BxTxV, lse_BxT, targets_BxT)
+
+
+def _token_nll_bwd(res, g_BxT):
+    logits_BxTxV, lse_BxT, targets_BxT = res
+    one_hot_BxTxV = targets_BxT[..., None] == jnp.arange(logits_BxTxV.shape[-1])
+    probs_BxTxV = jnp.exp(logits_BxTxV - lse_BxT[..., None])
+    return (probs_BxTxV - one_hot_BxTxV) * g_BxT[..., None], None
+
+
+_token_nll.defvjp(_token_nll_fwd, _token_nll_bwd)
