@@ -11,8 +11,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 CONFIG_FILE = "config.json"
-# Keys that must agree between a workdir's saved config and the config that resumes or samples from it.
+# Keys that must agree between a workdir's saved config and the config that resumes or samples from it, and the
+# model fields that may change between runs on the same params (resuming, or fine-tuning from `train.init_from`).
 _IDENTITY_KEYS = ("model", "data.tokenizer", "data.seq_len")
+TUNABLE_MODEL_KEYS = ("dropout", "dtype", "remat")
 
 
 class CheckpointError(ValueError):
@@ -127,6 +129,7 @@ def check_compatible(workdir: str, config) -> None:
         f"{k}={saved.get(k)!r} there, {current.get(k)!r} here"
         for k in sorted(set(saved) | set(current))
         if k.startswith(_IDENTITY_KEYS) and saved.get(k) != current.get(k)
+        and k not in {f"model.{t}" for t in TUNABLE_MODEL_KEYS}
     ]
     if diffs:
         raise CheckpointError(

@@ -140,10 +140,6 @@ class Trainer:
         return float(total) / max(float(count), 1.0)
 
 
-# Model fields a fine-tuning run may change; the rest must match the params it starts from.
-_TUNABLE_MODEL_KEYS = ("dropout", "dtype", "remat")
-
-
 def adopt_init_from(config, workdir: str) -> None:
     """Fine-tuning from `train.init_from`: the model shape and tokenizer come from that workdir, whose params
     only fit them. Copies its tokenizer into `workdir`."""
@@ -151,7 +147,7 @@ def adopt_init_from(config, workdir: str) -> None:
     saved = checkpoint.read_config(source)
     with config.unlocked():
         for key, value in saved["model"].items():
-            if key not in _TUNABLE_MODEL_KEYS and key in config.model:
+            if key not in checkpoint.TUNABLE_MODEL_KEYS and key in config.model:
                 config.model[key] = value
         config.data.tokenizer = saved["data"]["tokenizer"]
         config.data.tokenizer_path = saved["data"]["tokenizer_path"]

@@ -199,6 +199,13 @@ def test_sigterm_saves_and_half_written_checkpoints_are_skipped(corpus_file, tmp
     assert "holds a different run (model.num_layers=4 there, 2 here)" in err
     assert checkpoint.latest_step(workdir) == saved + 3
 
+    # Dropout and the compute dtype may change on the same params: the run resumes and goes on.
+    p = cli("train", f"--workdir={workdir}", *args, f"--config.train.steps={saved + 5}",
+            "--config.model.dropout=0.1", "--config.model.dtype=bfloat16")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    assert f"checkpoints/{saved + 3}" in out and checkpoint.latest_step(workdir) == saved + 5
+
 
 def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(corpus_file, tmp_path):
     c = char_config(corpus_file, steps=30, log_every_steps=5)
