@@ -1,93 +1,285 @@
-"""Text generation with a KV cache: one prefill pass over the prompt, then a jitted scan of one-token steps."""
+"""Text generation: greedy, temperature, top-k and top-p sampling (any combination), and beam search.
+
+The prompts are prefilled in one pass; then a jitted `lax.while_loop` adds one token per step from the KV cache. The
+loop returns to Python only every `chunk_size` tokens (or at the end), which is where streamed text is printed and
+stop strings are looked for. Sampling is reproducible: row r's draws depend only on (seed, r, step).
+"""
 
 import dataclasses
 import functools
+from typing import Callable, NamedTuple, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
-from gptjax.model import GPT, ModelConfig
+from gptjax import beam_search, decoding
+from gptjax.decoding import PromptError  # noqa: F401  (part of this module's API)
+from gptjax.model import ModelConfig
 
 
-class PromptError(ValueError):
-    """A prompt the model cannot take (longer than its context, or empty)."""
-
-
-def sample_logits(rng, logits_BxV, temperature: float, top_k: int = 0, top_p: float = 1.0):
-    """Draws one token per row: greedy when temperature == 0, else from softmax(logits / temperature)
-    restricted to the top_k most likely tokens and to the smallest set whose probability reaches top_p."""
+def sample_logits(keys_B, logits_BxV, temperature: float, top_k: int = 0, top_p: float = 1.0):
+    """One token per row: the argmax when temperature == 0, else a draw from softmax(logits / temperature)
+    restricted to the top_k most likely tokens and to the nucleus, the most likely tokens whose probability
+    first reaches top_p. `keys_B` holds one PRNG key per row."""
     if temperature == 0.0:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    logits_BxV = logits_BxV / temperature
-    neg = jnp.finfo(logits_BxV.dtype).min
-    if top_k and top_k < logits_BxV.shape[-1]:
-        kth_BxV = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
-        logits_BxV = jnp.where(logits_BxV < kth_BxV, neg, logits_BxV)
+    logits_BxV = logits_BxV.astype(jnp.float32) / temperature
+    V = logits_BxV.shape[-1]
+    draw = jax.vmap(jax.random.categorical)
+    k = top_k if 0 < top_k < V else (V if top_p < 1.0 else 0)
+    if not k:
+        return draw(keys_B, logits_BxV).astype(jnp.int32)
+    top_BxK, ids_BxK = jax.lax.top_k(logits_BxV, k)  # best first
     if top_p < 1.0:
-        sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-        cum_BxV = jnp.cumsum(jax.nn.softmax(sorted_BxV, axis=-1), axis=-1)
-        # Keep each token whose preceding mass is below top_p (the most likely token is always kept).
-        keep = jnp.sum((cum_BxV - jax.nn.softmax(sorted_BxV, axis=-1)) < top_p, axis=-1, keepdims=True)
-        cutoff_BxV = jnp.take_along_axis(sorted_BxV, keep - 1, axis=-1)
-        logits_BxV = jnp.where(logits_BxV < cutoff_BxV, neg, logits_BxV)
-    return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
+        probs_BxK = jax.nn.softmax(top_BxK, axis=-1)
+        mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
+        top_BxK = jnp.where(mass_before_BxK < top_p, top_BxK, -jnp.inf)  # the first token always stays
+    choice_B = draw(keys_B, top_BxK)
+    return jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=1)[:, 0].astype(jnp.int32)
 
 
-def check_prompt(prompt_len: int, max_new_tokens: int, max_len: int) -> None:
-    if prompt_len == 0:
-        raise PromptError("prompt: empty after tokenization; give at least one character")
-    if max_new_tokens < 1:
-        raise PromptError(f"max_new_tokens: must be at least 1, got {max_new_tokens}")
-    if prompt_len + max_new_tokens > max_len:
-        raise PromptError(
-            f"prompt: {prompt_len} tokens + max_new_tokens={max_new_tokens} exceed the model's context "
-            f"of {max_len} tokens"
-        )
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One continuation. `tokens` are the new tokens (the end-of-text token included when it ended there);
+    `text` is their text, without the end token and cut before a stop string; `logprobs` are the model's
+    log-probabilities of `tokens` (before temperature, top-k and top-p); `score` is beam search's
+    length-normalised score."""
+
+    prompt_index: int
+    tokens: np.ndarray
+    text: str | None
+    finish_reason: str  # "eos" | "stop" | "length"
+    logprobs: np.ndarray | None = None
+    score: float | None = None
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p"))
-def _generate(model, params, prompt_BxP, rng, max_new_tokens, temperature, top_k, top_p):
-    B, P = prompt_BxP.shape
-    cache_shape = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((B, P + max_new_tokens), jnp.int32), decode=True)
-    )["cache"]
-    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shape)
-    logits_BxPxV, variables = model.apply(
-        {"params": params, "cache": cache}, prompt_BxP, decode=True, mutable=["cache"]
-    )
+class _Sampling(NamedTuple):
+    dec: decoding.Cached
+    tokens_BxN: jax.Array
+    logprobs_BxN: jax.Array
+    done_B: jax.Array
+    count_B: jax.Array  # tokens generated per row
+    keys_B: jax.Array
+    step: jax.Array
 
-    def step(carry, _):
-        cache, logits_BxV, rng = carry
-        rng, sub = jax.random.split(rng)
-        token_B = sample_logits(sub, logits_BxV, temperature, top_k, top_p)
-        logits_Bx1xV, variables = model.apply(
-            {"params": params, "cache": cache}, token_B[:, None], decode=True, mutable=["cache"]
-        )
-        return (variables["cache"], logits_Bx1xV[:, -1], rng), token_B
 
-    _, tokens_NxB = jax.lax.scan(step, (variables["cache"], logits_BxPxV[:, -1], rng), length=max_new_tokens)
-    return tokens_NxB.T
+@functools.partial(jax.jit, static_argnames=("model", "num_new", "seed", "rules"))
+def _start(model, params, tokens_BxP, mask_BxP, *, num_new, seed, rules=()) -> _Sampling:
+    B = tokens_BxP.shape[0]
+    with nn.logical_axis_rules(rules):
+        dec = decoding.prefill(model, params, tokens_BxP, mask_BxP, tokens_BxP.shape[1] + num_new)
+    keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), jnp.arange(B))
+    return _Sampling(dec, jnp.zeros((B, num_new), jnp.int32), jnp.zeros((B, num_new), jnp.float32),
+                     jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), keys_B, jnp.zeros((), jnp.int32))
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("model", "temperature", "top_k", "top_p", "eos_id", "logprobs", "rules"),
+    donate_argnames=("s",),
+)
+def _continue(model, params, s: _Sampling, stop_at, *, temperature, top_k, top_p, eos_id, logprobs, rules=()):
+    """Generates until `stop_at` tokens or until every row is done."""
+
+    def body(s: _Sampling) -> _Sampling:
+        logits_BxV = s.dec.logits_BxV
+        keys_B = jax.vmap(jax.random.fold_in, (0, None))(s.keys_B, s.step)
+        token_B = jnp.where(s.done_B, 0, sample_logits(keys_B, logits_BxV, temperature, top_k, top_p))
+        tokens_BxN = jax.lax.dynamic_update_slice(s.tokens_BxN, token_B[:, None], (0, s.step))
+        logprobs_BxN = s.logprobs_BxN
+        if logprobs:
+            lp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV), token_B[:, None], axis=1)
+            logprobs_BxN = jax.lax.dynamic_update_slice(logprobs_BxN, lp_B, (0, s.step))
+        count_B = s.count_B + ~s.done_B
+        done_B = s.done_B | (token_B == eos_id) if eos_id is not None else s.done_B
+        dec = decoding.step(model, params, s.dec, token_B)
+        return _Sampling(dec, tokens_BxN, logprobs_BxN, done_B, count_B, s.keys_B, s.step + 1)
+
+    with nn.logical_axis_rules(rules):
+        return jax.lax.while_loop(lambda s: (s.step < stop_at) & ~s.done_B.all(), body, s)
+
+
+def _to_host(x) -> np.ndarray:
+    return np.asarray(x) if x.is_fully_addressable else np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _to_device(x: np.ndarray, mesh):
+    """A host array identical on every process -> one array, rows over the mesh's data axes when they divide."""
+    if mesh is None:
+        return x
+    spec = jax.sharding.PartitionSpec(("data", "fsdp")) if x.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 \
+        else jax.sharding.PartitionSpec()
+    return jax.make_array_from_callback(x.shape, jax.sharding.NamedSharding(mesh, spec), lambda idx: x[idx])
+
+
+class _Text:
+    """Turns growing token rows into text: holds back a possible stop-string prefix and an unfinished multi-byte
+    character, reports new text, and finds where a stop string first appears."""
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str], eos_id: int | None):
+        self.tok, self.stops, self.eos_id = tokenizer, tuple(s for s in stop_strings if s), eos_id
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        if ids and ids[-1] == self.eos_id:
+            ids = ids[:-1]
+        return self.tok.decode(ids)
+
+    def find_stop(self, text: str) -> int:
+        found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        return min(found) if found else -1
+
+    def first_stop(self, ids, start: int):
+        """(number of tokens, text before the stop string) for the shortest prefix longer than `start` tokens
+        whose text holds a stop string, or None."""
+        if self.find_stop(self.decode(ids)) < 0:
+            return None
+        for n in range(start + 1, len(ids) + 1):
+            text = self.decode(ids[:n])
+            if (i := self.find_stop(text)) >= 0:
+                return n, text[:i]
+        return None
+
+    def ready(self, text: str, finished: bool) -> str:
+        """The part of `text` that can be shown now."""
+        if finished:
+            return text
+        text = text[: len(text) - self.hold] if self.hold else text
+        return text.rstrip("\ufffd")
 
 
 def generate(
     model_cfg: ModelConfig,
     params,
-    prompt_ids,
+    prompts: Sequence[str | Sequence[int]],
     *,
-    num_samples: int = 1,
     max_new_tokens: int = 100,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    beam_size: int = 1,
+    length_penalty: float = 0.6,
+    num_samples: int = 1,
+    eos_id: int | None = None,
+    stop_strings: Sequence[str] = (),
+    tokenizer=None,
     seed: int = 0,
-) -> np.ndarray:
-    """Continues one prompt `num_samples` times; returns the new token ids, int32 (num_samples, max_new_tokens)."""
-    prompt = list(prompt_ids)
-    check_prompt(len(prompt), max_new_tokens, model_cfg.max_len)
-    model = GPT(dataclasses.replace(model_cfg, dropout=0.0))
-    prompt_BxP = jnp.asarray(np.tile(np.asarray(prompt, np.int32), (num_samples, 1)))
-    out = _generate(
-        model, params, prompt_BxP, jax.random.PRNGKey(seed), max_new_tokens, float(temperature), int(top_k), float(top_p)
-    )
-    return np.asarray(out)
+    logprobs: bool = False,
+    truncate: str = "error",
+    on_text: Callable[[int, str], None] | None = None,
+    chunk_size: int = 0,
+    mesh=None,
+    rules=(),
+) -> list[Completion]:
+    """Continues each prompt `num_samples` times; returns the completions prompt by prompt.
+
+    Prompts are token lists, or strings when a tokenizer is given (it also gives `text`, stop strings and
+    streaming). beam_size > 1 runs beam search and returns its num_samples best beams (temperature, top-k and top-p
+    do not apply). `on_text(row, new_text)` receives text as it is generated (sampling only), every `chunk_size`
+    tokens (default 16 when streaming or stopping on strings, else the whole run in one loop). With `mesh` and the
+    logical-axis `rules` the batch is split over the mesh's data axes and the model runs as sharded in training.
+    """
+    _check_options(temperature, top_k, top_p, beam_size, num_samples, stop_strings, tokenizer, on_text)
+    ids = [tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
+    ids = decoding.fit_prompts(ids, max_new_tokens, model_cfg.max_len, truncate)
+    model = decoding.inference_model(model_cfg)
+    text = _Text(tokenizer, stop_strings, eos_id) if tokenizer is not None else None
+    rules = tuple(tuple(r) for r in rules)
+    with jax.set_mesh(mesh) if mesh is not None else _nothing():
+        if beam_size > 1:
+            return _beam(model, params, ids, max_new_tokens, beam_size, length_penalty, num_samples, eos_id, text,
+                         logprobs, mesh, rules)
+        rows = [p for p in ids for _ in range(num_samples)]
+        return _sample(model, params, rows, num_samples, max_new_tokens, (temperature, top_k, top_p), eos_id, text,
+                       seed, logprobs, on_text, chunk_size, mesh, rules)
+
+
+def _check_options(temperature, top_k, top_p, beam_size, num_samples, stop_strings, tokenizer, on_text):
+    if temperature < 0:
+        raise ValueError(f"temperature: must be >= 0, got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k: must be >= 0 (0 keeps all tokens), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p: must be in (0, 1], got {top_p}")
+    if beam_size < 1 or num_samples < 1:
+        raise ValueError(f"beam_size and num_samples: must be >= 1, got {beam_size} and {num_samples}")
+    if beam_size > 1 and num_samples > beam_size:
+        raise ValueError(f"num_samples: beam search returns at most beam_size={beam_size} beams, got {num_samples}")
+    if (stop_strings or on_text) and tokenizer is None:
+        raise ValueError("stop_strings and on_text: need the tokenizer")
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _sample(model, params, rows, num_samples, N, sampler, eos_id, text, seed, logprobs, on_text, chunk_size, mesh,
+            rules) -> list[Completion]:
+    tokens_BxP, mask_BxP = decoding.left_pad(rows)
+    s = _start(model, params, _to_device(tokens_BxP, mesh), _to_device(mask_BxP, mesh), num_new=N, seed=seed,
+               rules=rules)
+    temperature, top_k, top_p = sampler
+    streaming = text is not None and (on_text is not None or text.stops)
+    chunk = chunk_size or (16 if streaming else N)
+    B = len(rows)
+    stopped = [None] * B  # (tokens kept, text) of rows ended by a stop string
+    shown = [0] * B
+    while True:
+        stop_at = min(int(_to_host(s.step)) + chunk, N)
+        s = _continue(model, params, s, stop_at, temperature=float(temperature), top_k=int(top_k),
+                      top_p=float(top_p), eos_id=eos_id, logprobs=logprobs, rules=rules)
+        tokens, counts, done = _to_host(s.tokens_BxN), _to_host(s.count_B), _to_host(s.done_B)
+        finished = done | (int(_to_host(s.step)) >= N)
+        if streaming:
+            for r in range(B):
+                if stopped[r] is None and text.stops:
+                    stopped[r] = text.first_stop(tokens[r, : counts[r]], max(0, counts[r] - chunk))
+                    if stopped[r] is not None:
+                        finished[r] = True
+                if on_text is not None:
+                    now = stopped[r][1] if stopped[r] else text.ready(text.decode(tokens[r, : counts[r]]), finished[r])
+                    if len(now) > shown[r]:
+                        on_text(r, now[shown[r]:])
+                        shown[r] = len(now)
+            if any(stopped) and not done.all():
+                newly = np.array([x is not None for x in stopped])
+                s = s._replace(done_B=_to_device(done | newly, mesh) if mesh is not None else s.done_B | newly)
+        if finished.all():
+            break
+    lps = _to_host(s.logprobs_BxN) if logprobs else None
+    out = []
+    for r in range(B):
+        n = stopped[r][0] if stopped[r] else int(counts[r])
+        toks = tokens[r, :n]
+        reason = "stop" if stopped[r] else ("eos" if eos_id is not None and n and toks[-1] == eos_id else "length")
+        row_text = None if text is None else (stopped[r][1] if stopped[r] else text.decode(toks))
+        out.append(Completion(r // num_samples, toks, row_text, reason, None if lps is None else lps[r, :n]))
+    return out
+
+
+def _beam(model, params, prompts, N, W, alpha, num_samples, eos_id, text, logprobs, mesh, rules):
+    tokens_BxP, mask_BxP = decoding.left_pad(prompts)
+    seqs, lengths, scores, lps, _ = (_to_host(x) for x in beam_search.search(
+        model, params, _to_device(tokens_BxP, mesh), _to_device(mask_BxP, mesh), max_new_tokens=N, beam_size=W,
+        alpha=float(alpha), eos_id=eos_id, rules=rules))
+    out = []
+    for b in range(len(prompts)):
+        for w in range(num_samples):
+            toks = seqs[b, w, : lengths[b, w]]
+            reason = "eos" if eos_id is not None and len(toks) and toks[-1] == eos_id else "length"
+            row_text = None
+            if text is not None:
+                row_text = text.decode(toks)
+                if (i := text.find_stop(row_text)) >= 0:
+                    row_text, reason = row_text[:i], "stop"
+            out.append(Completion(b, toks, row_text, reason, lps[b, w, : lengths[b, w]] if logprobs else None,
+                                  float(scores[b, w])))
+    return out
