@@ -147,6 +147,22 @@ def _attention_bwd(res, dout_BxTxHxK):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+def _attend_heads(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, mask_BxTxS):
+    """Attention on heads-major arrays, for decoding (no dropout, no custom backward)."""
+    logits_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK, preferred_element_type=jnp.float32)
+    logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS * (1 / math.sqrt(q_BxHxTxK.shape[-1])),
+                               jnp.finfo(jnp.float32).min)
+    probs_BxHxTxS = jnp.exp(logits_BxHxTxS - logits_BxHxTxS.max(-1, keepdims=True))
+    probs_BxHxTxS = (probs_BxHxTxS * (1 / probs_BxHxTxS.sum(-1, keepdims=True))).astype(q_BxHxTxK.dtype)
+    return jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS, v_BxHxSxK)
+
+
+def _causal_mask(q_pos_T, S: int, kv_mask_BxS):
+    """Query t sees key slots <= q_pos_T[t] that kv_mask_BxS (if given) marks real: bool (B or 1, T, S)."""
+    mask_1xTxS = (jnp.arange(S)[None, :] <= q_pos_T[:, None])[None]
+    return mask_1xTxS if kv_mask_BxS is None else mask_1xTxS & kv_mask_BxS[:, None, :].astype(bool)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention over earlier positions. With decode=True it keeps keys and values in a `cache`
     collection sized by the input it was initialised with, and each call appends its T positions."""
@@ -168,28 +184,37 @@ class CausalSelfAttention(nn.Module):
         q_BxTxHxK, k_BxSxHxK, v_BxSxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
         B, T = x_BxTxD.shape[:2]
 
-        q_pos = jnp.arange(T)
         if decode:
+            # The cache is heads-major (B, H, S, K), the layout attention reads, so a step transposes only its
+            # own T new positions, not the whole cache. A one-token step writes its slot with a select, which
+            # XLA:CPU does in place inside the decode loop; a dynamic_update_slice that the attention then reads
+            # made it copy every cache buffer twice per step (1.5x slower at batch 8, benchmarks/README.md).
+            to_heads = lambda a: a.transpose(0, 2, 1, 3).astype(dtype)  # noqa: E731
             is_init = not self.has_variable("cache", "key")
-            key = self.variable("cache", "key", jnp.zeros, k_BxSxHxK.shape, dtype)
-            value = self.variable("cache", "value", jnp.zeros, v_BxSxHxK.shape, dtype)
+            key = self.variable("cache", "key", jnp.zeros, (B, H, T, K), dtype)
+            value = self.variable("cache", "value", jnp.zeros, (B, H, T, K), dtype)
             index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
             if not is_init:
-                i = index.value
-                key.value = jax.lax.dynamic_update_slice(key.value, k_BxSxHxK.astype(dtype), (0, i, 0, 0))
-                value.value = jax.lax.dynamic_update_slice(value.value, v_BxSxHxK.astype(dtype), (0, i, 0, 0))
+                i, S = index.value, key.value.shape[2]
+                q_BxHxTxK, k_BxHxTxK, v_BxHxTxK = (to_heads(a) for a in (q_BxTxHxK, k_BxSxHxK, v_BxSxHxK))
+                if T == 1:
+                    at_S = (jnp.arange(S) == i)[None, None, :, None]
+                    key.value = jnp.where(at_S, k_BxHxTxK, key.value)
+                    value.value = jnp.where(at_S, v_BxHxTxK, value.value)
+                else:
+                    key.value = jax.lax.dynamic_update_slice(key.value, k_BxHxTxK, (0, 0, i, 0))
+                    value.value = jax.lax.dynamic_update_slice(value.value, v_BxHxTxK, (0, 0, i, 0))
                 index.value = i + T
-                k_BxSxHxK, v_BxSxHxK = key.value, value.value
-                q_pos = q_pos + i
-        S = k_BxSxHxK.shape[1]
-        mask_BxTxS = (jnp.arange(S)[None, :] <= q_pos[:, None])[None]
-        if kv_mask_BxS is not None:
-            mask_BxTxS = mask_BxTxS & kv_mask_BxS[:, None, :].astype(bool)
-
-        keep_BxHxTxS = None  # attention dropout as a multiplier, 0 or 1 / (1 - rate), from flax's Dropout
-        if train and c.dropout:
-            keep_BxHxTxS = nn.Dropout(c.dropout)(jnp.ones((B, H, T, S), jnp.float32), deterministic=False)
-        out_BxTxHxK = _attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, keep_BxHxTxS)
+                mask_BxTxS = _causal_mask(jnp.arange(T) + i, S, kv_mask_BxS)
+                out_BxHxTxK = _attend_heads(q_BxHxTxK, key.value, value.value, mask_BxTxS)
+                out_BxTxHxK = out_BxHxTxK.transpose(0, 2, 1, 3)
+        if not decode or is_init:
+            S = k_BxSxHxK.shape[1]
+            mask_BxTxS = _causal_mask(jnp.arange(T), S, kv_mask_BxS)
+            keep_BxHxTxS = None  # attention dropout as a multiplier, 0 or 1 / (1 - rate), from flax's Dropout
+            if train and c.dropout:
+                keep_BxHxTxS = nn.Dropout(c.dropout)(jnp.ones((B, H, T, S), jnp.float32), deterministic=False)
+            out_BxTxHxK = _attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, keep_BxHxTxS)
         out_BxTxHxK = nn.with_logical_constraint(out_BxTxHxK, ("batch", "length", "act_heads", "kv"))
 
         # GPT-2: residual output projections scaled by 1/sqrt(2 * num_layers).

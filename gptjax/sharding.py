@@ -33,6 +33,11 @@ def make_mesh(shape, devices=None) -> Mesh:
     return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
 
 
+def hashable_rules(rules) -> tuple:
+    """Logical-axis rules as nested tuples (a config read from JSON has lists), usable as a static jit argument."""
+    return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+
+
 def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
