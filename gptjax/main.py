@@ -11,7 +11,7 @@ COMMANDS = ("train", "sample", "import-hf")
 USAGE = (
     "usage: gptjax train [--config=FILE[:ARG]] --workdir=DIR [--config.KEY=VALUE ...]\n"
     "       gptjax sample --workdir=DIR (--prompt=TEXT | --prompt_file=FILE) [--max_new_tokens --temperature "
-    "--top_k --top_p --num_samples --seed]\n"
+    "--top_k --top_p --beam_size --length_penalty --num_samples --stop --truncate --seed]\n"
     "       gptjax import-hf --hf_dir=DIR --workdir=DIR"
 )
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
@@ -40,7 +40,11 @@ def _define_sample():
     flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0 is greedy.")
     flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
     flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of tokens with this much probability.")
-    flags.DEFINE_integer("num_samples", 1, "Continuations to draw.")
+    flags.DEFINE_integer("beam_size", 1, "Beam search with this many beams (GPT-3: 4); 1 samples.")
+    flags.DEFINE_float("length_penalty", 0.6, "Beam search's alpha in ((5 + length) / 6) ** alpha.")
+    flags.DEFINE_integer("num_samples", 1, "Continuations to draw (with beam search: the best beams).")
+    flags.DEFINE_multi_string("stop", [], "End a continuation before this text (repeatable; \\n is a newline).")
+    flags.DEFINE_enum("truncate", "error", ["error", "left"], "A prompt too long for the context: fail, or keep its end.")
     flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same text.")
 
 
@@ -81,9 +85,11 @@ def _sample(argv):
     if f.prompt_file is not None and not os.path.exists(f.prompt_file):
         raise FileNotFoundError(f"--prompt_file: no such file: {f.prompt_file}")
     prompt = f.prompt if f.prompt is not None else open(f.prompt_file, encoding="utf-8").read()
+    stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in f.stop]
     workdirs.sample_from_workdir(
         f.workdir, prompt, max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_k=f.top_k,
-        top_p=f.top_p, num_samples=f.num_samples, seed=f.seed,
+        top_p=f.top_p, beam_size=f.beam_size, length_penalty=f.length_penalty, num_samples=f.num_samples,
+        stop_strings=stops, truncate=f.truncate, seed=f.seed,
     )
 
 

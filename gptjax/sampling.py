@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gptjax import beam_search, decoding
+from gptjax import beam_search, decoding, sharding
 from gptjax.decoding import PromptError  # noqa: F401  (part of this module's API)
 from gptjax.model import ModelConfig
 
@@ -188,7 +188,7 @@ def generate(
     ids = decoding.fit_prompts(ids, max_new_tokens, model_cfg.max_len, truncate)
     model = decoding.inference_model(model_cfg)
     text = _Text(tokenizer, stop_strings, eos_id) if tokenizer is not None else None
-    rules = tuple(tuple(r) for r in rules)
+    rules = sharding.hashable_rules(rules)
     with jax.set_mesh(mesh) if mesh is not None else _nothing():
         if beam_size > 1:
             return _beam(model, params, ids, max_new_tokens, beam_size, length_penalty, num_samples, eos_id, text,

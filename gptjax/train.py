@@ -313,20 +313,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         metrics.plot_loss_curve(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
-    write_samples(config, trainer.model_cfg, state.params, pipeline.tokenizer, workdir)
+    write_samples(config, trainer.model_cfg, state.params, pipeline.tokenizer, workdir, trainer.mesh)
     last["wall_seconds"] = time.time() - t_start
     return last
 
 
-def write_samples(config, model_cfg, params, tokenizer, workdir: str) -> list[str]:
+def write_samples(config, model_cfg, params, tokenizer, workdir: str, mesh=None) -> list[str]:
     """Samples `config.sample` continuations of the configured prompt, prints them and writes samples.txt."""
     s = config.sample
     max_new = min(s.max_new_tokens, model_cfg.max_len - len(tokenizer.encode(s.prompt)))
-    ids = sampling.generate(
-        model_cfg, params, tokenizer.encode(s.prompt), num_samples=s.num_samples, max_new_tokens=max_new,
-        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=config.seed,
+    completions = sampling.generate(
+        model_cfg, params, [s.prompt], num_samples=s.num_samples, max_new_tokens=max_new, temperature=s.temperature,
+        top_k=s.top_k, top_p=s.top_p, seed=config.seed, tokenizer=tokenizer, eos_id=tokenizer.eos_id, mesh=mesh,
+        rules=config.mesh.logical_axis_rules,
     )
-    texts = [s.prompt + tokenizer.decode(row) for row in ids]
+    texts = [s.prompt + c.text for c in completions]
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "samples.txt"), "w") as f:
             f.write("\n\n-----\n\n".join(texts) + "\n")

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gptjax import checkpoint, configs, sampling, sharding, tokenizer
+from gptjax import checkpoint, configs, decoding, sampling, sharding, tokenizer
 from gptjax.model import GPT, ModelConfig
 
 
@@ -32,17 +32,25 @@ def load(workdir: str):
     return config, model_cfg, checkpoint.load_params(workdir, abstract), tok
 
 
-def sample_from_workdir(workdir: str, prompt: str, **kwargs) -> list[str]:
-    """Prints and returns `num_samples` continuations of `prompt`."""
-    _, model_cfg, tok = load_config(workdir)
-    prompt_ids = tok.encode(prompt)
-    sampling.check_prompt(len(prompt_ids), kwargs.get("max_new_tokens", 100), model_cfg.max_len)
+def sample_from_workdir(workdir: str, prompt: str, *, stream: bool = True, truncate: str = "error",
+                        **options) -> list[str]:
+    """Prints and returns the continuations of `prompt`: the first one streamed as it is generated (sampling), the
+    rest when done. `options` are `sampling.generate`'s (max_new_tokens, temperature, beam_size, stop_strings...)."""
+    config, model_cfg, tok = load_config(workdir)
+    max_new = options.get("max_new_tokens", 100)
+    prompt_ids = decoding.fit_prompts([tok.encode(prompt)], max_new, model_cfg.max_len, truncate)[0]
+    shown = tok.decode(prompt_ids)  # the prompt as the model sees it (its end, if truncated)
     _, _, params, _ = load(workdir)
-    ids = sampling.generate(model_cfg, params, prompt_ids, **kwargs)
-    texts = [prompt + tok.decode(row) for row in ids]
-    for text in texts:
-        print(text, flush=True)
-        print("-----", flush=True)
+    live = stream and options.get("beam_size", 1) == 1
+    if live:
+        print(shown, end="", flush=True)
+    completions = sampling.generate(
+        model_cfg, params, [prompt_ids], tokenizer=tok, eos_id=tok.eos_id, rules=config.mesh.logical_axis_rules,
+        on_text=(lambda row, text: row == 0 and print(text, end="", flush=True)) if live else None, **options
+    )
+    texts = [shown + c.text for c in completions]
+    for i, text in enumerate(texts):
+        print("\n-----" if live and i == 0 else f"{text}\n-----", flush=True)
     return texts
 
 
