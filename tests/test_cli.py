@@ -57,10 +57,30 @@ def test_sample_from_workdir(trained, tmp_path):
     assert c.returncode == 0 and c.stdout.startswith("JULIET:\n")
 
 
+@pytest.mark.slow
+def test_sample_beam_search_stop_strings_and_left_truncation(trained):
+    workdir, _ = trained
+    base = ["sample", f"--workdir={workdir}", "--max_new_tokens=24"]
+    beams = gptjax(*base, "--prompt=ROMEO:", "--beam_size=4", "--num_samples=2")
+    assert beams.returncode == 0, beams.stderr[-2000:]
+    texts = beams.stdout.split("\n-----\n")
+    assert len(texts) == 3 and texts[2] == "" and all(t.startswith("ROMEO:") for t in texts[:2]), beams.stdout
+    greedy = gptjax(*base, "--prompt=ROMEO:", "--temperature=0").stdout.split("\n-----")[0]
+    stop = greedy[len("ROMEO:") + 5]  # a character of the continuation: it ends there (or earlier)
+    cut = gptjax(*base, "--prompt=ROMEO:", "--temperature=0", f"--stop={stop}")
+    assert cut.stdout.split("\n-----")[0] == "ROMEO:" + greedy[len("ROMEO:"):].split(stop)[0], (greedy, cut.stdout)
+    long = "ROMEO: " * 20  # 140 characters; the context is 64
+    kept = gptjax(*base, f"--prompt={long}", "--truncate=left", "--temperature=0")
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert kept.stdout.startswith(long[-(64 - 24):])
+
+
 def test_sample_errors(trained, tmp_path):
     workdir, _ = trained
     one_line_error(gptjax("sample", f"--workdir={workdir}", "--prompt=" + "x" * 70, "--max_new_tokens=1"),
                    "prompt: 70 tokens + max_new_tokens=1 exceed the model's context of 64 tokens")
+    one_line_error(gptjax("sample", f"--workdir={workdir}", "--prompt=hi", "--beam_size=2", "--num_samples=3",
+                          "--max_new_tokens=4"), "num_samples: beam search returns at most beam_size=2")
     one_line_error(gptjax("sample", f"--workdir={tmp_path / 'nothing'}", "--prompt=hi"), "not a gptjax workdir")
     one_line_error(gptjax("sample", f"--workdir={workdir}", f"--prompt_file={tmp_path / 'none.txt'}"),
                    "--prompt_file: no such file")
