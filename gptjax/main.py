@@ -44,7 +44,8 @@ def _define_sample():
     flags.DEFINE_float("length_penalty", 0.6, "Beam search's alpha in ((5 + length) / 6) ** alpha.")
     flags.DEFINE_integer("num_samples", 1, "Continuations to draw (with beam search: the best beams).")
     flags.DEFINE_multi_string("stop", [], "End a continuation before this text (repeatable; \\n is a newline).")
-    flags.DEFINE_enum("truncate", "error", ["error", "left"], "A prompt too long for the context: fail, or keep its end.")
+    flags.DEFINE_enum("truncate", "error", ["error", "left"],
+                      "A prompt too long for the context: fail, or keep its end.")
     flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same text.")
 
 

@@ -5,6 +5,7 @@ loop returns to Python only every `chunk_size` tokens (or at the end), which is 
 stop strings are looked for. Sampling is reproducible: row r's draws depend only on (seed, r, step).
 """
 
+import contextlib
 import dataclasses
 import functools
 from typing import Callable, NamedTuple, Sequence
@@ -110,9 +111,10 @@ def _to_device(x: np.ndarray, mesh):
     """A host array identical on every process -> one array, rows over the mesh's data axes when they divide."""
     if mesh is None:
         return x
-    spec = jax.sharding.PartitionSpec(("data", "fsdp")) if x.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 \
-        else jax.sharding.PartitionSpec()
-    return jax.make_array_from_callback(x.shape, jax.sharding.NamedSharding(mesh, spec), lambda idx: x[idx])
+    split = x.shape[0] % sharding.data_parallel_size(mesh) == 0
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    where = sharding.batch_sharding(mesh, x.ndim) if split else replicated
+    return jax.make_array_from_callback(x.shape, where, lambda idx: x[idx])
 
 
 class _Text:
@@ -183,13 +185,13 @@ def generate(
     tokens (default 16 when streaming or stopping on strings, else the whole run in one loop). With `mesh` and the
     logical-axis `rules` the batch is split over the mesh's data axes and the model runs as sharded in training.
     """
-    _check_options(temperature, top_k, top_p, beam_size, num_samples, stop_strings, tokenizer, on_text)
+    check_options(temperature, top_k, top_p, beam_size, num_samples, stop_strings, tokenizer, on_text)
     ids = [tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
     ids = decoding.fit_prompts(ids, max_new_tokens, model_cfg.max_len, truncate)
     model = decoding.inference_model(model_cfg)
     text = _Text(tokenizer, stop_strings, eos_id) if tokenizer is not None else None
     rules = sharding.hashable_rules(rules)
-    with jax.set_mesh(mesh) if mesh is not None else _nothing():
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         if beam_size > 1:
             return _beam(model, params, ids, max_new_tokens, beam_size, length_penalty, num_samples, eos_id, text,
                          logprobs, mesh, rules)
@@ -198,7 +200,10 @@ def generate(
                        seed, logprobs, on_text, chunk_size, mesh, rules)
 
 
-def _check_options(temperature, top_k, top_p, beam_size, num_samples, stop_strings, tokenizer, on_text):
+def check_options(temperature=1.0, top_k=0, top_p=1.0, beam_size=1, num_samples=1, stop_strings=(),
+                  tokenizer=None,
+                  on_text=None):
+    """Raises ValueError naming the first bad option (generate() calls it; callers may call it before loading)."""
     if temperature < 0:
         raise ValueError(f"temperature: must be >= 0, got {temperature}")
     if top_k < 0:
@@ -213,14 +218,6 @@ def _check_options(temperature, top_k, top_p, beam_size, num_samples, stop_strin
         raise ValueError("stop_strings and on_text: need the tokenizer")
 
 
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _sample(model, params, rows, num_samples, N, sampler, eos_id, text, seed, logprobs, on_text, chunk_size, mesh,
             rules) -> list[Completion]:
     tokens_BxP, mask_BxP = decoding.left_pad(rows)
@@ -232,12 +229,13 @@ def _sample(model, params, rows, num_samples, N, sampler, eos_id, text, seed, lo
     B = len(rows)
     stopped = [None] * B  # (tokens kept, text) of rows ended by a stop string
     shown = [0] * B
+    step = 0
     while True:
-        stop_at = min(int(_to_host(s.step)) + chunk, N)
-        s = _continue(model, params, s, stop_at, temperature=float(temperature), top_k=int(top_k),
+        s = _continue(model, params, s, min(step + chunk, N), temperature=float(temperature), top_k=int(top_k),
                       top_p=float(top_p), eos_id=eos_id, logprobs=logprobs, rules=rules)
         tokens, counts, done = _to_host(s.tokens_BxN), _to_host(s.count_B), _to_host(s.done_B)
-        finished = done | (int(_to_host(s.step)) >= N)
+        step = int(_to_host(s.step))
+        finished = done | (step >= N)
         if streaming:
             for r in range(B):
                 if stopped[r] is None and text.stops:

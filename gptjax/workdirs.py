@@ -37,6 +37,8 @@ def sample_from_workdir(workdir: str, prompt: str, *, stream: bool = True, trunc
     """Prints and returns the continuations of `prompt`: the first one streamed as it is generated (sampling), the
     rest when done. `options` are `sampling.generate`'s (max_new_tokens, temperature, beam_size, stop_strings...)."""
     config, model_cfg, tok = load_config(workdir)
+    sampling.check_options(**{k: v for k, v in options.items() if k in ("temperature", "top_k", "top_p", "beam_size",
+                                                                         "num_samples")})
     max_new = options.get("max_new_tokens", 100)
     prompt_ids = decoding.fit_prompts([tok.encode(prompt)], max_new, model_cfg.max_len, truncate)[0]
     shown = tok.decode(prompt_ids)  # the prompt as the model sees it (its end, if truncated)

@@ -81,6 +81,7 @@ def test_sample_errors(trained, tmp_path):
                    "prompt: 70 tokens + max_new_tokens=1 exceed the model's context of 64 tokens")
     one_line_error(gptjax("sample", f"--workdir={workdir}", "--prompt=hi", "--beam_size=2", "--num_samples=3",
                           "--max_new_tokens=4"), "num_samples: beam search returns at most beam_size=2")
+    one_line_error(gptjax("sample", f"--workdir={workdir}", "--prompt=hi", "--top_p=0"), "top_p: must be in (0, 1]")
     one_line_error(gptjax("sample", f"--workdir={tmp_path / 'nothing'}", "--prompt=hi"), "not a gptjax workdir")
     one_line_error(gptjax("sample", f"--workdir={workdir}", f"--prompt_file={tmp_path / 'none.txt'}"),
                    "--prompt_file: no such file")
