@@ -201,8 +201,7 @@ def generate(
 
 
 def check_options(temperature=1.0, top_k=0, top_p=1.0, beam_size=1, num_samples=1, stop_strings=(),
-                  tokenizer=None,
-                  on_text=None):
+                  tokenizer=None, on_text=None):
     """Raises ValueError naming the first bad option (generate() calls it; callers may call it before loading)."""
     if temperature < 0:
         raise ValueError(f"temperature: must be >= 0, got {temperature}")
