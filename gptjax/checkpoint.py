@@ -10,15 +10,13 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from gptjax.errors import CheckpointError  # noqa: F401  (part of this module's API)
+
 CONFIG_FILE = "config.json"
 # Keys that must agree between a workdir's saved config and the config that resumes or samples from it, and the
 # model fields that may change between runs on the same params (resuming, or fine-tuning from `train.init_from`).
 _IDENTITY_KEYS = ("model", "data.tokenizer", "data.seq_len")
 TUNABLE_MODEL_KEYS = ("dropout", "dtype", "remat")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used with this config; the message says why in one line."""
 
 
 def manager(workdir: str, ckpt_cfg=None, read_only: bool = False) -> ocp.CheckpointManager:

@@ -12,11 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gptjax.errors import PromptError  # noqa: F401  (part of this module's API)
 from gptjax.model import GPT, ModelConfig
-
-
-class PromptError(ValueError):
-    """A prompt the model cannot take (empty, or longer than its context)."""
 
 
 def fit_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, max_len: int, truncate: str = "error"):

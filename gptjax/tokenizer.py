@@ -14,13 +14,11 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from gptjax.errors import DataError  # noqa: F401  (part of this module's API)
+
 MANIFEST = "tokenizer.json"
 _SPM_MAX_LINES = 200_000  # lines given to the sentencepiece trainer: all of Shakespeare (189k), ~1 s for BPE
 _EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>")
-
-
-class DataError(ValueError):
-    """A data or tokenizer setting that cannot work; the one-line message names the config key."""
 
 
 class Tokenizer:

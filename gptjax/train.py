@@ -20,12 +20,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gptjax import checkpoint, data, metrics, optimizer, sampling, sharding
 from gptjax import configs
-from gptjax.configs import ConfigError
+from gptjax.errors import ConfigError, TrainingError
 from gptjax.model import GPT, ModelConfig, cross_entropy
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the message says where and what to try."""
 
 
 @flax.struct.dataclass

@@ -7,6 +7,7 @@ dict refuses unknown keys. `validate` checks what types cannot: a config that co
 import ml_collections
 
 from gptjax.configs import presets
+from gptjax.errors import ConfigError
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -113,10 +114,6 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     validate(config)
     config.lock()
     return config
-
-
-class ConfigError(ValueError):
-    """A config that cannot work; the message names the key."""
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
