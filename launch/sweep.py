@@ -229,7 +229,7 @@ def run_slurm(commands: dict[str, list[str]], workdir: str, args, dry_run: bool,
     """One job per entry, submitted at once; waits until squeue lists none of them; states and times from sacct."""
     ids = {}
     for i, (name, cmd) in enumerate(commands.items()):
-        job = slurm.job_from_flags(args, job_name=f"{args.job_name}-{i}", logs=os.path.join(workdir, "logs"))
+        job = slurm.job_from_flags(args, job_name=f"{args.job_name}-{i}", logs=args.logs or f"{workdir}/logs")
         ids[name], _ = slurm.submit(job, cmd, dry_run=dry_run, runner=runner)
     if dry_run:
         print(f"# then poll until none is queued or running: squeue -h -o %i -j <job ids> (every {poll_seconds:g} s)")
@@ -256,7 +256,7 @@ def run_tpu(commands: dict[str, list[str]], workdir: str, args, dry_run: bool, r
     """One slice per entry (<tpu>-<i>), all launched at once, each created, set up, run, logged and deleted."""
     if not args.tpu:
         raise SweepError("--tpu: give a name prefix for the entries' TPU slices")
-    pods = {name: tpu_pod.pod_from_flags(args, f"{args.tpu}-{i}", logs=os.path.join(workdir, "logs"))
+    pods = {name: tpu_pod.pod_from_flags(args, f"{args.tpu}-{i}", logs=args.logs or "logs")
             for i, name in enumerate(commands)}
 
     def one(name: str) -> dict:
@@ -287,6 +287,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dry_run", action="store_true", help="print every command, run none")
     parser.add_argument("--collect_only", action="store_true", help="only (re)write the results from the workdirs")
     parser.add_argument("--poll_seconds", type=float, default=30, help="slurm/tpu: how often to check on the runs")
+    parser.add_argument("--logs", default="", help="slurm/tpu: folder for the runs' logs ('': WORKDIR/logs for "
+                        "slurm, ./logs for tpu, whose workdir is a bucket)")
     tpu = parser.add_argument_group("tpu launcher (see launch/tpu_pod.py)")
     tpu.add_argument("--tpu", default="", help="name prefix of the slices: <tpu>-<entry index>")
     tpu_pod.add_flags(tpu)

@@ -143,3 +143,12 @@ def test_tfrecord_copy_says_how_to_convert_it(tmp_path):
                                              r".*tfds convert_format --dataset_version_dir=.*c4/en/3.0.1") as err:
         data.make_pipeline(stand_in_config("tfds:c4/en:3.0.1", str(src)), str(tmp_path / "work"), 0, 1)
     assert "\n" not in str(err.value)
+
+
+def test_tfds_split_slices_read_a_part(c4_dir, tmp_path):
+    """`train[:25%]`-style splits read only that part: how to train on a slice of a corpus too big to read whole."""
+    cfg = stand_in_config("tfds:c4/en:3.0.1", c4_dir, tfds_train_split="train[:25%]",
+                          tfds_val_split="validation[-2:]")
+    pipe = data.make_pipeline(cfg, str(tmp_path), 0, 1)
+    assert pipe.tokenizer.decode(pipe.train_tokens) == "".join(TRAIN[:10])
+    assert pipe.tokenizer.decode(pipe.val_tokens) == "".join(VALIDATION[-2:])

@@ -89,7 +89,7 @@ def test_dry_run_tpu_one_slice_per_entry(sweep_file):
         mine = [c for c in cmds if f"abl-{i}" in c or f"abl-{i}:gptjax.log" in c]
         assert mine[0][3:6] == ["queued-resources", "create", f"abl-{i}"] and "--spot" in mine[0]
         assert any(a.startswith("--command=") and f"--workdir=gs://bucket/abl/{name} " in a for a in mine[3])
-        assert len([c for c in mine if c[4] == "scp"]) == 4
+        assert [c[6] for c in mine if c[4] == "scp"] == [f"logs/abl-{i}/worker_{k}.log" for k in range(4)]
         assert mine[-1][3:6] == ["queued-resources", "delete", f"abl-{i}"]
 
 
