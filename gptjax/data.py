@@ -221,7 +221,13 @@ def _source(d) -> _Source:
         name = d.source[5:]
         return _Source(f"{d.source}:{d.data_dir}:{d.tfds_train_split}:{d.tfds_val_split}:{d.tfds_text_key}",
                        lambda: _read_tfds(name, d))
-    raise DataError(f"data.source: {d.source!r} is not one of shakespeare, text, tfds:NAME[/CONFIG]")
+    if d.source.startswith("synthetic:"):  # generated episodes for the in-context learning experiment
+        from gptjax.datasets import icl
+
+        if d.source not in icl.SOURCES:
+            raise DataError(f"data.source: {d.source!r} is not one of {', '.join(icl.SOURCES)}")
+        return _Source(f"{d.source}:{icl.VERSION}", lambda: icl.documents(d.source))
+    raise DataError(f"data.source: {d.source!r} is not one of shakespeare, text, tfds:NAME[/CONFIG], synthetic:icl")
 
 
 def _atomic_write(path: pathlib.Path, write: Callable) -> None:
