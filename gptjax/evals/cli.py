@@ -70,6 +70,10 @@ def check_config(config) -> None:
         name, _ = tasks.parse(spec)
         if name not in tasks.NAMES:
             raise ConfigError(f"config.tasks: unknown task {name!r}; choose from {', '.join(tasks.NAMES)}")
+    for spec in config.tasks:  # every task file read and every K checked before a model is loaded
+        task = tasks.get(spec)
+        if task.kind != "perplexity":
+            task.prefix(0, max(config.shots), config.seeds[0])
 
 
 def evaluate_workdir(workdir: str, config, log=print) -> dict:
@@ -229,7 +233,10 @@ def _cli():
             print(f"gptjax: error: {e}", file=sys.stderr)
             sys.exit(2)
 
-    app.run(_main)
+    argv = list(sys.argv)
+    if not any(a.startswith(("--verbosity", "-v")) for a in argv):
+        argv.append("--verbosity=-1")  # absl/orbax INFO lines would drown the results
+    app.run(_main, argv=argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""lm-evaluation-harness bridge: `GptjaxLM`, an `lm_eval.api.model.LM` for a gptjax workdir, registered as `gptjax`.
+
+Its three request types run on `gptjax.evals.scoring.Scorer` (sorted, bucketed, sharded over the mesh), so lm-eval's
+numbers for a task are gptjax's own. Importing this module registers the model; lm-eval 0.4.13 (the release
+on PyPI) finds models only through its own table, so run it through this module, which registers `gptjax` and then
+hands the command line to lm-eval's CLI unchanged:
+
+    python -m gptjax.evals.harness --model gptjax --model_args workdir=runs/shakespeare --tasks lambada_openai
+    (or `gptjax-lm-eval ...` where the console script is installed)
+
+or from Python: `import gptjax.evals.harness; lm_eval.simple_evaluate(model="gptjax", model_args="workdir=DIR", ...)`.
+model_args: workdir (required), tokens_per_batch (rows per batch x bucket length, default 4096).
+"""
+
+import sys
+
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+
+@register_model("gptjax")
+class GptjaxLM(LM):
+    def __init__(self, workdir: str, tokens_per_batch: int = 4096, batch_size=None, max_batch_size=None,
+                 device=None, **unused):
+        """`batch_size`, `max_batch_size` and `device` are lm-eval's generic options: gptjax sizes batches by
+        `tokens_per_batch` and runs on the devices JAX sees (every one, sharded over the data axes)."""
+        super().__init__()
+        from gptjax import sharding, workdirs
+        from gptjax.evals import scoring
+
+        config, model_cfg, params, tok = workdirs.load(workdir)
+        mesh = sharding.make_mesh((-1, 1, 1))  # the mesh workdirs.load puts the params on
+        self.scorer = scoring.Scorer(model_cfg, params, tok, mesh=mesh, rules=config.mesh.logical_axis_rules,
+                                     tokens_per_batch=int(tokens_per_batch), progress=sys.stderr.isatty())
+        self.tokenizer = tok
+
+    @property
+    def max_length(self) -> int:
+        return self.scorer.max_len
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self.scorer.loglikelihood([tuple(r.args[:2]) for r in requests])
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self.scorer.loglikelihood_rolling([r.args[0] for r in requests])
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        reqs = []
+        for r in requests:
+            context, kwargs = r.args[0], dict(r.args[1]) if len(r.args) > 1 else {}
+            until = kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            reqs.append((context, tuple(until), int(kwargs.get("max_gen_toks", 256))))
+        return self.scorer.generate_until(reqs)
+
+
+def cli():
+    """lm-eval's command line with the `gptjax` model registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,240 @@
+"""End to end on a tiny trained workdir: every shipped task runs; `gptjax eval` (its module entry) writes
+eval/results.json, results.md and the plots and nothing else; the in-training hook; bad input is one line; and
+lm-eval through the bridge gives the numbers of gptjax's own evaluator on local YAML tasks."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gptjax.errors import GptjaxError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "tests", "data", "evals")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workdir(corpus_file, tmp_path_factory):
+    """A 2-layer char model trained for 30 steps on 200 kB of Shakespeare and a line of every printable ASCII
+    character (the synthetic tasks need digits and the punctuation of random insertion)."""
+    import string
+
+    from gptjax import train
+
+    root = tmp_path_factory.mktemp("evals")
+    corpus = root / "corpus.txt"
+    corpus.write_text(string.printable + "\n" + open(corpus_file, encoding="utf-8").read(), encoding="utf-8")
+
+    spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "experiments/pretrain/shakespeare_char.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.data.path = str(corpus)
+    c.model.update(num_layers=2, d_model=64, num_heads=2, max_len=128)
+    c.data.seq_len = 128
+    c.train.update(steps=30, batch_size=8, log_every_steps=10)
+    c.eval.update(every_steps=30, steps=1)
+    c.mesh.shape = (-1, 1, 1)
+    c.sample.max_new_tokens = 5
+    path = str(root / "run")
+    train.train_and_evaluate(c, path)
+    return path
+
+
+def eval_cli(*args):
+    return subprocess.run([sys.executable, "-m", "gptjax.evals.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=900)
+
+
+def snapshot(workdir):
+    out = {}
+    for root, _, files in os.walk(workdir):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, workdir)] = (os.path.getsize(p), os.stat(p).st_mtime_ns)
+    return out
+
+
+def test_every_shipped_task_runs(workdir):
+    from gptjax import workdirs
+    from gptjax.evals import evaluator, scoring, tasks
+
+    _, cfg, params, tok = workdirs.load(workdir)
+    scorer = scoring.Scorer(cfg, params, tok)
+    fixtures = {"lambada": "path={d}/lambada.jsonl", "hellaswag": "path={d}/hellaswag.jsonl",
+                "piqa": "path={d}/piqa.jsonl,labels={d}/piqa-labels.lst", "arc_easy": "path={d}/arc_easy.jsonl",
+                "arc_challenge": "path={d}/arc_easy.jsonl", "winogrande": "path={d}/winogrande.jsonl",
+                "storycloze": "path={d}/storycloze.csv", "boolq": "path={d}/boolq.jsonl", "copa": "path={d}/copa.jsonl",
+                "triviaqa": "path={d}/triviaqa.json"}
+    specs = [n for n in tasks.OFFLINE if n != "icl_mapping"] + [f"{n}:{f.format(d=DATA)}" for n, f in fixtures.items()]
+    for spec in specs:
+        task = tasks.get(spec)
+        m = evaluator.evaluate(scorer, task, 1, seed=0, limit=2)
+        main = m[evaluator.MAIN_METRIC[task.kind]]
+        assert m["n"] == 2 and np.isfinite(main), (spec, m)
+    m = evaluator.evaluate(scorer, tasks.get("icl_mapping"), 2, limit=4)
+    assert 0 <= m["acc"] <= 1
+
+
+def test_eval_cli_writes_only_eval_dir(workdir, tmp_path):
+    before = snapshot(workdir)
+    out = eval_cli(f"--workdir={workdir}", f"--config={ROOT}/experiments/eval/synthetic.py:limit=4",
+                   "--config.tasks=('arithmetic_2da','reversed_words')", "--config.shots=(0,1,2)",
+                   "--config.seeds=(0,1)")
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = snapshot(workdir)
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert changed == {"eval/results.json", "eval/results.md", "eval/shots.png"}
+    res = json.load(open(os.path.join(workdir, "eval", "results.json")))
+    assert set(res["tasks"]) == {"arithmetic_2da", "reversed_words"}
+    r = res["tasks"]["arithmetic_2da"]["shots"]["2"]
+    assert set(r["seeds"]) == {"0", "1"} and r["mean"]["n"] == 4
+    assert r["mean"]["acc"] == pytest.approx(np.mean([r["seeds"][s]["acc"] for s in ("0", "1")]))
+    md = open(os.path.join(workdir, "eval", "results.md")).read()
+    assert "| arithmetic_2da | acc |" in md and "2-shot" in md
+
+
+def test_eval_cli_several_workdirs_compare(workdir, tmp_path):
+    import shutil
+
+    other = str(tmp_path / "copy")
+    shutil.copytree(workdir, other, ignore=shutil.ignore_patterns("eval"))
+    out = eval_cli(f"--workdir={workdir},{other}", f"--config={ROOT}/experiments/eval/synthetic.py:limit=2",
+                   "--config.tasks=('arithmetic_2dm',)", "--config.shots=(0,1)", f"--output_dir={tmp_path}/cmp")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert os.path.exists(tmp_path / "cmp" / "models.png")
+    md = (tmp_path / "cmp" / "models.md").read_text()
+    assert "### run" in md and "### copy" in md
+    a = json.load(open(os.path.join(workdir, "eval", "results.json")))["tasks"]["arithmetic_2dm"]
+    b = json.load(open(os.path.join(other, "eval", "results.json")))["tasks"]["arithmetic_2dm"]
+    assert a["shots"] == b["shots"]  # the same params give the same numbers
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.tasks=('nosuchtask',)"], "gptjax: error: config.tasks: unknown task 'nosuchtask'"),
+    (["--config.shots=(500,)", "--config.tasks=('copa:path=" + DATA + "/copa.jsonl',)"],
+     "500-shot needs 500 demonstrations, but the demonstration split has 2"),
+    (["--config.tasks=('copa:path=" + DATA + "/bad_target.jsonl',)"], "target 5 is not an index"),
+])
+def test_eval_cli_bad_input_is_one_line(workdir, args, message):
+    out = eval_cli(f"--workdir={workdir}", f"--config={ROOT}/experiments/eval/synthetic.py", *args)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, out.stderr[-2000:]
+
+
+def test_workdir_without_checkpoint(tmp_path, workdir):
+    from gptjax.evals import cli
+    from gptjax.evals.config import eval_config
+
+    with pytest.raises(GptjaxError, match="holds no training run"):
+        cli.run([str(tmp_path)], eval_config(("arithmetic_2da",)))
+    import shutil
+
+    shutil.copytree(workdir, tmp_path / "nockpt", ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    with pytest.raises(GptjaxError):
+        cli.run([str(tmp_path / "nockpt")], eval_config(("arithmetic_2da",), limit=1))
+
+
+def test_hook_in_training(workdir):
+    from gptjax import sharding, workdirs
+    from gptjax.evals import evaluator, hook, scoring, tasks
+
+    config, cfg, params, tok = workdirs.load(workdir)
+    mesh = sharding.make_mesh((-1, 1, 1))
+    got = hook.evaluate_in_training(["arithmetic_2da", "shakespeare_next_line"], (0, 1), 4, cfg, params, tok, mesh,
+                                    config.mesh.logical_axis_rules, seed=0)
+    assert set(got) == {f"icl/{t}/{k}shot_{m}" for t, ms in (("arithmetic_2da", ("acc", "perplexity")),
+                                                              ("shakespeare_next_line", ("acc", "acc_norm")))
+                        for k in (0, 1) for m in ms}
+    want = evaluator.evaluate(scoring.Scorer(cfg, params, tok), tasks.get("arithmetic_2da"), 1, limit=4)
+    assert got["icl/arithmetic_2da/1shot_perplexity"] == pytest.approx(want["perplexity"], rel=1e-5)
+
+
+LM_EVAL_TASKS = {
+    "gj_piqa": """task: gj_piqa
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {d}/piqa_labeled.jsonl
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{goal}}}}\\nAnswer:"
+doc_to_target: label
+doc_to_choice: "{{{{[sol1, sol2]}}}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+""",
+    "gj_lambada": """task: gj_lambada
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {d}/lambada.jsonl
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{{{text.split(' ')[:-1]|join(' ')}}}}"
+doc_to_target: "{{{{' '+text.split(' ')[-1]}}}}"
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+  - metric: acc
+""",
+    "gj_wikitext": """task: gj_wikitext
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {d}/lambada.jsonl
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+""",
+}
+
+
+def test_lm_eval_bridge_equals_native_evaluator(workdir, tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rows = [json.loads(line) for line in open(os.path.join(DATA, "piqa.jsonl"))]
+    labels = open(os.path.join(DATA, "piqa-labels.lst")).read().split()
+    with open(tmp_path / "piqa_labeled.jsonl", "w") as f:
+        for r, lab in zip(rows, labels):
+            f.write(json.dumps({**r, "label": int(lab)}) + "\n")
+    import shutil
+
+    shutil.copy(os.path.join(DATA, "lambada.jsonl"), tmp_path / "lambada.jsonl")
+    for name, text in LM_EVAL_TASKS.items():
+        (tmp_path / f"{name}.yaml").write_text(text.format(d=tmp_path))
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import gptjax.evals.harness  # noqa: F401  registers "gptjax"
+    from gptjax import workdirs
+    from gptjax.evals import evaluator, scoring, tasks
+    from gptjax.evals.tasks.base import Example, Task
+
+    out = lm_eval.simple_evaluate(model="gptjax", model_args=f"workdir={workdir}", tasks=list(LM_EVAL_TASKS),
+                                  task_manager=TaskManager(include_path=str(tmp_path)), num_fewshot=0,
+                                  log_samples=False)["results"]
+    _, cfg, params, tok = workdirs.load(workdir)
+    scorer = scoring.Scorer(cfg, params, tok)
+    piqa = evaluator.evaluate(scorer, tasks.get(f"piqa:path={tmp_path}/piqa_labeled.jsonl"), 0)
+    assert out["gj_piqa"]["acc,none"] == piqa["acc"] and out["gj_piqa"]["acc_norm,none"] == piqa["acc_norm"]
+    lam = evaluator.evaluate(scorer, tasks.get(f"lambada:path={tmp_path}/lambada.jsonl"), 0)
+    assert out["gj_lambada"]["acc,none"] == lam["acc"]
+    assert out["gj_lambada"]["perplexity,none"] == pytest.approx(lam["perplexity"], rel=1e-6)
+    docs = [json.loads(line)["text"] for line in open(tmp_path / "lambada.jsonl")]
+    ppl = evaluator.evaluate(scorer, Task("docs", "perplexity", [Example(d) for d in docs]), 0)
+    for m in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
+        assert out["gj_wikitext"][f"{m},none"] == pytest.approx(ppl[m], rel=1e-6), m
