@@ -54,7 +54,7 @@ class CharTokenizer(Tokenizer):
         ids = np.minimum(np.searchsorted(self._codes, codes), self.vocab_size - 1)
         unknown = codes[self._codes[ids] != codes]
         if unknown.size:
-            raise ValueError(f"character {chr(unknown[0])!r} is not in the {self.vocab_size}-character vocabulary")
+            raise DataError(f"character {chr(unknown[0])!r} is not in the {self.vocab_size}-character vocabulary")
         return ids.tolist()
 
     def decode(self, ids) -> str:
