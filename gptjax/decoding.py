@@ -38,9 +38,9 @@ def fit_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, max_len: 
             raise PromptError(f"{name}: empty after tokenization; give at least one character")
         if len(prompt) > room:
             if truncate == "error":
-                needs = "leaves no room for a new token" if slide else f"+ max_new_tokens={max_new_tokens} exceed"
+                needs = "leaves no room for a new token in" if slide else f"+ max_new_tokens={max_new_tokens} exceed"
                 raise PromptError(
-                    f"{name}: {len(prompt)} tokens {needs} in the model's context of {max_len} tokens "
+                    f"{name}: {len(prompt)} tokens {needs} the model's context of {max_len} tokens "
                     f"(truncate from the left to keep the last {room})"
                 )
             prompt = prompt[-room:]

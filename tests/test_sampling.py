@@ -238,18 +238,45 @@ def test_end_token_ends_a_row(params):
 
 
 def test_prompt_errors_and_left_truncation(params):
-    with pytest.raises(decoding.PromptError, match="prompt: 70 tokens \\+ max_new_tokens=4 exceed the model's context of 64"):
-        sampling.generate(CFG, params, [[1] * 70], max_new_tokens=4)
+    with pytest.raises(decoding.PromptError, match="prompt: 64 tokens leaves no room for a new token in the model's "
+                                                   "context of 64"):
+        sampling.generate(CFG, params, [[1] * 64], max_new_tokens=4)
+    with pytest.raises(decoding.PromptError, match="prompt: 60 tokens \\+ max_new_tokens=8 exceed the model's context"):
+        sampling.generate(CFG, params, [[1] * 60], max_new_tokens=8, beam_size=2)  # beam search: the strict rule
     with pytest.raises(decoding.PromptError, match="prompt 1: empty"):
         sampling.generate(CFG, params, [[1], []], max_new_tokens=4)
-    with pytest.raises(ValueError, match="top_p: must be in"):
+    with pytest.raises(decoding.PromptError, match="top_p: must be in"):
         sampling.generate(CFG, params, [[1]], top_p=0.0)
-    with pytest.raises(ValueError, match="num_samples: beam search returns at most"):
+    with pytest.raises(decoding.PromptError, match="num_samples: beam search returns at most"):
         sampling.generate(CFG, params, [[1]], beam_size=2, num_samples=3)
     long = list(np.random.default_rng(0).integers(0, CFG.vocab_size, 100))
     cut = sampling.generate(CFG, params, [long], max_new_tokens=8, temperature=0.0, truncate="left")[0]
-    last = sampling.generate(CFG, params, [long[-56:]], max_new_tokens=8, temperature=0.0)[0]
+    last = sampling.generate(CFG, params, [long[-63:]], max_new_tokens=8, temperature=0.0)[0]
     np.testing.assert_array_equal(cut.tokens, last.tokens)
+
+
+def test_generation_slides_past_the_context(params):
+    """Past the context the window slides as nanoGPT's sampler crops its input: each greedy token is the argmax of
+    the plain forward pass over the window it was generated in (the last 3/4 of the context after each slide)."""
+    cfg = dataclasses.replace(CFG, max_len=24)
+    keep = 24 - 24 // 4
+    prompts = [TOK.encode("ROMEO:"), TOK.encode("O")]
+    out = sampling.generate(cfg, params, prompts, max_new_tokens=50, temperature=0.0, logprobs=True)
+    for prompt, c in zip(prompts, out):
+        assert len(c.tokens) == 50 and c.finish_reason == "length"
+        seq, start = list(prompt), 0
+        for t, token in enumerate(c.tokens):
+            if len(seq) - start == cfg.max_len:
+                start = len(seq) - keep
+            lp = full_log_probs(params, seq[start:], cfg)[-1]
+            assert int(np.argmax(lp)) == token, t
+            np.testing.assert_allclose(c.logprobs[t], lp[token], atol=1e-4)
+            seq.append(int(token))
+    sampled = sampling.generate(cfg, params, prompts, max_new_tokens=50, temperature=1.0, seed=4)
+    again = sampling.generate(cfg, params, prompts, max_new_tokens=50, temperature=1.0, seed=4)
+    assert all(len(c.tokens) == 50 for c in sampled)
+    assert [c.tokens.tolist() for c in sampled] == [c.tokens.tolist() for c in again]
+    assert sampled[0].tokens[:19].tolist() != sampled[0].tokens[19:38].tolist()  # windows do not replay draws
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 4), (1, 8, 1), (4, 1, 2)])

@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from gptjax import checkpoint, configs, sharding, tasks, train
+from gptjax import checkpoint, configs, errors, sharding, tasks, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAR = os.path.join(ROOT, "experiments", "pretrain", "shakespeare_char.py")
@@ -211,7 +211,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(corpu
     c = char_config(corpus_file, steps=30, log_every_steps=5)
     c.checkpoint.update(every_steps=5, async_save=False)
     c.optim.update(lr=1e9, min_lr=1e9, warmup_steps=0, clip_norm=0.0)
-    with pytest.raises(train.TrainingError, match="became nan|became inf") as err:
+    with pytest.raises(errors.TrainingError, match="became nan|became inf") as err:
         train.train_and_evaluate(configs.finalize(c), str(tmp_path))
     assert "\n" not in str(err.value)
     step = checkpoint.latest_step(str(tmp_path))
