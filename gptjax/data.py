@@ -119,19 +119,82 @@ def _read_shakespeare(data_dir: str) -> dict[str, list[str]]:
     return {s: [r["text"].decode() for r in builder.as_data_source(s)] for s in SPLITS}
 
 
-def _read_tfds(name: str, d) -> dict[str, list[str]]:
+def _tfds_prepare_hint(name: str, root: str, version_dir: str) -> str:
+    """How to prepare TFDS dataset `name` once, in one line: gptjax reads array_record files without TensorFlow."""
+    return (f"prepare it once where TensorFlow (and Apache Beam, for c4) is installed: `pip install tensorflow "
+            f"apache-beam && tfds build {name} --data_dir={root} --file_format=array_record`; or copy a prepared "
+            f"TFRecord copy to {version_dir} and convert it: `tfds convert_format "
+            f"--dataset_version_dir={version_dir} --out_file_format=array_record` (gptjax reads array_record "
+            f"without TensorFlow)")
+
+
+def _tfds_convert_hint(name: str, version_dir: str, found: str) -> str:
+    return (f"data.source: tfds dataset {name!r} in {version_dir} is stored as {found}, not array_record, which "
+            f"gptjax reads without TensorFlow; convert it once where TensorFlow is installed: `pip install "
+            f"tensorflow && tfds convert_format --dataset_version_dir={version_dir} --out_file_format=array_record`")
+
+
+def _tfds_builder(name: str, d):
+    """The TFDS builder of `name`, prepared as array_record. gptjax's own builders (pure Python, no TensorFlow)
+    are prepared here on first use; any other dataset must already be prepared, else a DataError says how."""
     import tensorflow_datasets as tfds
 
     from gptjax.datasets.shakespeare import shakespeare_dataset_builder  # noqa: F401  registers gptjax's builders
 
+    def make():
+        return tfds.builder(name, data_dir=d.data_dir or None, file_format="array_record")
+
+    try:
+        try:
+            builder = make()
+        except tfds.core.registered.DatasetNotFoundError:
+            import tensorflow_datasets.text  # noqa: F401  TFDS imports its text builders (c4, ...) lazily
+            builder = make()
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DataError(f"data.source: unknown tfds dataset {name!r}") from e
+    except ModuleNotFoundError as e:  # e.g. huggingface:NAME needs `datasets`
+        raise DataError(f"data.source: tfds dataset {name!r} needs the Python package {e.name!r} "
+                        f"(pip install {e.name})") from e
+    except ValueError as e:  # read from files (a version was given) that are stored in another format
+        if "does not match the file formats" not in str(e):
+            raise
+        root = d.data_dir or tfds.core.constants.DATA_DIR
+        version_dir = f"{root}/{name.replace(':', '/')}"
+        raise DataError(_tfds_convert_hint(name, version_dir, str(e).rsplit(":", 1)[-1].strip(" .[]'"))) from e
+    except AssertionError as e:  # a version that is neither in data_dir nor buildable by this TFDS's code
+        if "cannot be loaded at version" not in str(e):
+            raise
+        root = d.data_dir or tfds.core.constants.DATA_DIR
+        version_dir = f"{root}/{name.replace(':', '/')}"
+        copy = ("`gsutil -u PROJECT -m cp 'gs://allennlp-tensorflow-datasets/c4/en/3.0.1/*' "
+                f"{version_dir}/`, as MaxText does; then " if name == "c4/en:3.0.1" else "")
+        raise DataError(f"data.source: tfds dataset {name!r} is not in {root}, and this TFDS can only build "
+                        f"versions {str(e).rsplit(':', 1)[-1].strip().rstrip('.')}; copy a prepared copy to "
+                        f"{version_dir} ({copy}if it is TFRecord, convert it once where TensorFlow is installed: "
+                        f"`tfds convert_format --dataset_version_dir={version_dir} "
+                        f"--out_file_format=array_record`)") from e
+    if not builder.is_prepared():
+        if not type(builder).__module__.startswith("gptjax."):
+            raise DataError(f"data.source: tfds dataset {name!r} is not prepared in {builder.data_dir_root}; "
+                            + _tfds_prepare_hint(name, str(builder.data_dir_root), str(builder.data_dir)))
+        root = str(builder.data_dir_root)
+        lock = pathlib.Path(root) / f".{builder.name}.lock" if "://" not in root else None
+        with _file_lock(lock) if lock else contextlib.nullcontext():
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    formats = {f.value for f in builder.info.available_file_formats()}
+    if "array_record" not in formats:
+        raise DataError(_tfds_convert_hint(name, str(builder.data_dir), ", ".join(sorted(formats)) or "unknown"))
+    return builder
+
+
+def _read_tfds(name: str, d) -> dict[str, list[str]]:
+    builder = _tfds_builder(name, d)
     docs = {}
     for split, tfds_split, key in (("train", d.tfds_train_split, "data.tfds_train_split"),
                                    ("validation", d.tfds_val_split, "data.tfds_val_split")):
         try:
-            ds = tfds.data_source(name, split=tfds_split, data_dir=d.data_dir or None)
-        except tfds.core.registered.DatasetNotFoundError as e:
-            raise DataError(f"data.source: unknown tfds dataset {name!r}") from e
-        except ValueError as e:
+            ds = builder.as_data_source(split=tfds_split)
+        except (ValueError, KeyError) as e:
             if "split" not in str(e).lower():
                 raise
             raise DataError(f"{key}: {name} has no split {tfds_split!r}: {' '.join(str(e).split())[:200]}") from e
@@ -158,7 +221,13 @@ def _source(d) -> _Source:
         name = d.source[5:]
         return _Source(f"{d.source}:{d.data_dir}:{d.tfds_train_split}:{d.tfds_val_split}:{d.tfds_text_key}",
                        lambda: _read_tfds(name, d))
-    raise DataError(f"data.source: {d.source!r} is not one of shakespeare, text, tfds:NAME[/CONFIG]")
+    if d.source.startswith("synthetic:"):  # generated episodes for the in-context learning experiment
+        from gptjax.datasets import icl
+
+        if d.source not in icl.SOURCES:
+            raise DataError(f"data.source: {d.source!r} is not one of {', '.join(icl.SOURCES)}")
+        return _Source(f"{d.source}:{icl.VERSION}", lambda: icl.documents(d.source))
+    raise DataError(f"data.source: {d.source!r} is not one of shakespeare, text, tfds:NAME[/CONFIG], synthetic:icl")
 
 
 def _atomic_write(path: pathlib.Path, write: Callable) -> None:

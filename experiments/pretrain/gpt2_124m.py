@@ -1,13 +1,13 @@
-"""GPT-2 small (124M) on OpenWebText, for real hardware (a TPU v4-32 / 8xA100 class machine).
+"""GPT-2 small (124M) on C4 (English), for real hardware (a TPU v4-32 / 8xA100 class machine).
 
 Batch and schedule follow GPT-3's table 2.1 for the 125M model (0.5M tokens per batch, lr 6e-4, warmup
 375M tokens, cosine to 10% over 300B tokens scaled here to nanoGPT's 600k steps), AdamW beta2 0.95, weight
-decay 0.1, clip 1.0, bf16 compute with fp32 params. The data is the TFDS `openwebtext` builder (prepare it
-once with its manual download into config.data.data_dir); GPT-2's BPE comes from a Hugging Face GPT-2
-tokenizer directory (vocab.json + merges.txt) given as data.tokenizer_path.
+decay 0.1, clip 1.0, bf16 compute with fp32 params. GPT-2's WebText was never released; the data is TFDS
+`c4/en:3.0.1` (see `gptjax.configs.web_scale`: an array_record copy under data.data_dir), GPT-2's BPE comes
+from a Hugging Face GPT-2 tokenizer directory given as data.tokenizer_path.
 
 gptjax train --config=experiments/pretrain/gpt2_124m.py --workdir=gs://BUCKET/gpt2_124m \
-    --config.data.tokenizer_path=/path/to/gpt2 --distributed
+    --config.data.data_dir=gs://BUCKET/tfds --config.data.tokenizer_path=/path/to/gpt2 --distributed
 Options: `gpt2_124m.py:size=gpt2-medium` for the other GPT-2 presets.
 """
 

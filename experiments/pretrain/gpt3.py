@@ -2,7 +2,11 @@
 
 Batch size (in tokens) and learning rate follow table 2.1; warmup 375M tokens; cosine decay to 10% over
 260B tokens; AdamW (0.9, 0.95, eps 1e-8), weight decay 0.1, clip 1.0; context 2048. Sharding defaults to FSDP
-over all devices with 8-way tensor parallelism for the models above 6.7B.
+over all devices with 8-way tensor parallelism for the models above 6.7B. The data is TFDS `c4/en:3.0.1`, as
+MaxText trains its GPT-3 configs (see `gptjax.configs.web_scale`), with GPT-2's BPE (data.tokenizer_path).
+
+gptjax train --config=experiments/pretrain/gpt3.py:size=gpt3-xl --workdir=gs://BUCKET/gpt3_xl \
+    --config.data.data_dir=gs://BUCKET/tfds --config.data.tokenizer_path=/path/to/gpt2 --distributed
 """
 
 from gptjax import configs

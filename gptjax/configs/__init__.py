@@ -26,9 +26,15 @@ def parse_arg(arg: str | None, **defaults):
 
 def web_scale(config, preset: str, seq_len: int):
     """The shared part of the GPT-2/GPT-3 recipes for real hardware: a size preset, no dropout, bf16 compute,
-    scanned and rematerialised blocks, TFDS OpenWebText with GPT-2's BPE (a Hugging Face tokenizer directory
-    given as data.tokenizer_path), 1% of it held out."""
+    scanned and rematerialised blocks, and C4 (English) with GPT-2's byte-level BPE.
+
+    The corpus is TFDS `c4/en:3.0.1`, the copy MaxText trains on: 365M web documents in `train`, 364k in
+    `validation`. gptjax reads it without TensorFlow, so it must be stored as array_record under data.data_dir
+    (copy `gs://allennlp-tensorflow-datasets/c4/en/3.0.1` and convert it once with `tfds convert_format`; the
+    error for a missing or TFRecord copy prints the commands). The tokenizer is a Hugging Face GPT-2 tokenizer
+    directory (tokenizer.json, or vocab.json + merges.txt) given as data.tokenizer_path.
+    """
     config.model.update(preset=preset, dropout=0.0, dtype="bfloat16", scan_layers=True, remat="full")
-    config.data.update(source="tfds:openwebtext", tfds_train_split="train[:-1%]", tfds_val_split="train[-1%:]",
-                       tokenizer="hf", seq_len=seq_len)
+    config.data.update(source="tfds:c4/en:3.0.1", tfds_train_split="train", tfds_val_split="validation",
+                       tfds_text_key="text", tokenizer="hf", seq_len=seq_len)
     return config

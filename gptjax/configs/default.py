@@ -129,8 +129,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f"{d.seq_len} is longer than the position table model.max_len={m.max_len}")
     need(d.tokenizer in ("char", "sentencepiece", "hf"), "data.tokenizer",
          f"{d.tokenizer!r} is not one of char, sentencepiece, hf")
-    need(d.source in ("shakespeare", "text") or d.source.startswith("tfds:"), "data.source",
-         f"{d.source!r} is not one of shakespeare, text, tfds:NAME[/CONFIG]")
+    need(d.source in ("shakespeare", "text", "synthetic:icl", "synthetic:icl_control")
+         or d.source.startswith("tfds:"), "data.source",
+         f"{d.source!r} is not one of shakespeare, text, tfds:NAME[/CONFIG], synthetic:icl[_control]")
     need(d.source != "text" or bool(d.path), "data.path", "data.source=text needs a file path")
     need(0.0 < d.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
     need(t.steps > 0, "train.steps", f"must be positive, got {t.steps}")

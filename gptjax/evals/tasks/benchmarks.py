@@ -1,0 +1,235 @@
+"""The standard benchmarks, with lm-eval's prompts, read from local files in each benchmark's own release format
+or from a prepared TFDS dataset (array_record, read without TensorFlow).
+
+Give the evaluation file as `path=` and optionally a demonstration file as `demos=` (without one, demonstrations
+come from the evaluation file, never the example itself):
+`hellaswag:path=hellaswag_val.jsonl,demos=hellaswag_train.jsonl`.
+Without `path`, the task reads TFDS dataset `tfds=` (default below) split `split=` (and `demo_split=`) from
+`data_dir=` or TFDS's default directory. Formats:
+
+  lambada        LAMBADA (OpenAI's jsonl): {"text"}; the last word is the cloze target.
+  hellaswag      HellaSwag jsonl: {"ctx_a", "ctx_b", "activity_label", "endings", "label"}.
+  piqa           PIQA jsonl {"goal", "sol1", "sol2"} with "label" in the row or in the release's labels file
+                 (`labels=valid-labels.lst`, one 0/1 per line).
+  arc_easy, arc_challenge   ARC jsonl: {"question": {"stem", "choices": [{"text", "label"}]}, "answerKey"}.
+  winogrande     Winogrande jsonl: {"sentence" (with one "_"), "option1", "option2", "answer": "1" | "2"};
+                 partial scoring (the options are contexts, the rest of the sentence the shared continuation).
+  storycloze     Story Cloze csv: InputSentence1-4, RandomFifthSentenceQuiz1, RandomFifthSentenceQuiz2,
+                 AnswerRightEnding.
+  boolq          BoolQ jsonl: {"question", "passage", "answer": true | false}.
+  copa           COPA (SuperGLUE jsonl): {"premise", "choice1", "choice2", "question": "cause" | "effect", "label"}.
+  triviaqa       TriviaQA json {"Data": [{"Question", "Answer": {"Aliases", "Value"}}]} or jsonl
+                 {"question", "answer": {"aliases", "value"}}; greedy generation, exact match and F1.
+"""
+
+import csv
+import json
+import os
+import re
+
+from gptjax.errors import DataError
+from gptjax.evals.tasks.base import Example, Task
+
+# name: (kind, default TFDS name, default split, default demonstration split)
+BENCHMARKS = {
+    "lambada": ("cloze", "lambada", "test", "test"),
+    "hellaswag": ("multiple_choice", "hellaswag", "validation", "train"),
+    "piqa": ("multiple_choice", "piqa", "validation", "train"),
+    "arc_easy": ("multiple_choice", "ai2_arc/ARC-Easy", "test", "train"),
+    "arc_challenge": ("multiple_choice", "ai2_arc/ARC-Challenge", "test", "train"),
+    "winogrande": ("multiple_choice", "winogrande", "validation", "train"),
+    "storycloze": ("multiple_choice", "story_cloze/2016", "validation", "validation"),
+    "boolq": ("multiple_choice", "super_glue/boolq", "validation", "train"),
+    "copa": ("multiple_choice", "super_glue/copa", "validation", "train"),
+    "triviaqa": ("generate", "trivia_qa/rc.nocontext", "validation", "train"),
+}
+
+
+class _Row(dict):
+    """A record; a missing field is a DataError naming the file, the record and the field."""
+
+    def __init__(self, data, where):
+        super().__init__(data)
+        self.where = where
+
+    def __missing__(self, key):
+        raise DataError(f"{self.where}: missing field {key!r}")
+
+
+def _read_rows(path: str) -> list[_Row]:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise DataError(f"no such file: {path}")
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".csv"):
+            return [_Row(r, f"{path} row {i + 2}") for i, r in enumerate(csv.DictReader(f))]
+        text = f.read()
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from e
+        rows = data["Data"] if isinstance(data, dict) and "Data" in data else data
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: expected a list of records or {{'Data': [...]}}")
+        return [_Row(r, f"{path} record {i}") for i, r in enumerate(rows)]
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {n}: not JSON ({e.msg})") from e
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {n}: expected a JSON object")
+        rows.append(_Row(row, f"{path} line {n}"))
+    return rows
+
+
+def _decode(x):
+    if isinstance(x, bytes):
+        return x.decode("utf-8")
+    if isinstance(x, dict):
+        return {k: _decode(v) for k, v in x.items()}
+    if hasattr(x, "tolist"):
+        return _decode(x.tolist())
+    if isinstance(x, (list, tuple)):
+        return [_decode(v) for v in x]
+    return x
+
+
+# TFDS feature names -> the release format's fields, where they differ.
+def _from_tfds(name: str, r: dict) -> dict:
+    if name == "hellaswag":
+        return {"ctx_a": r["context"], "ctx_b": "", "activity_label": r["activity_label"], "endings": r["endings"],
+                "label": r["label"]}
+    if name.startswith("arc_"):
+        return {"question": {"stem": r["question"], "choices": [{"text": t, "label": lab} for t, lab in
+                                                                 zip(r["choices"]["text"], r["choices"]["label"])]},
+                "answerKey": r["answerKey"]}
+    if name == "winogrande":
+        return {**r, "answer": str(r["label"] + 1) if isinstance(r.get("label"), int) else r["answer"]}
+    if name == "boolq":
+        return {"question": r["question"], "passage": r["passage"], "answer": bool(r["label"])}
+    if name == "lambada":
+        return {"text": r.get("passage", r.get("text"))}
+    if name == "triviaqa":
+        return {"question": r["question"], "answer": r["answer"]}
+    return r
+
+
+def _read_tfds(name: str, tfds_name: str, split: str, data_dir: str) -> list[_Row]:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise DataError(f"task {name}: give path= (tensorflow-datasets is not installed)") from e
+    try:
+        source = tfds.data_source(tfds_name, split=split, data_dir=data_dir or None)
+    except Exception as e:  # not prepared, not registered, no such split: TFDS raises several types
+        raise DataError(f"task {name}: cannot read TFDS {tfds_name!r} split {split!r} ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}); prepare it, or give the benchmark's file as path=") from e
+    return [_Row(_from_tfds(name, _decode(r)), f"tfds {tfds_name}[{split}] record {i}") for i, r in enumerate(source)]
+
+
+def _hellaswag_text(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+
+
+def _int(row, key):
+    try:
+        return int(row[key])
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{row.where}: field {key!r} is {row[key]!r}, not an integer") from e
+
+
+def to_example(name: str, r: _Row, labels: list[str] | None = None, index: int = 0) -> Example:
+    """One record of benchmark `name`, in its release format, as an Example with lm-eval's prompt."""
+    if name == "lambada":
+        text = r["text"]
+        head, _, last = text.rpartition(" ")
+        return Example(head, target=last)
+    if name == "hellaswag":
+        ctx = r["ctx_a"] + " " + r["ctx_b"].capitalize()
+        return Example(_hellaswag_text(r["activity_label"] + ": " + ctx),
+                       choices=tuple(_hellaswag_text(e) for e in r["endings"]), target=_int(r, "label"))
+    if name == "piqa":
+        if "label" in r:
+            label = _int(r, "label")
+        elif labels is not None and index < len(labels):
+            label = int(labels[index])
+        else:
+            raise DataError(f"{r.where}: missing field 'label' (or give the labels file as labels=)")
+        return Example(f"Question: {r['goal']}\nAnswer:", choices=(r["sol1"], r["sol2"]), target=label)
+    if name in ("arc_easy", "arc_challenge"):
+        q = r["question"]
+        if not isinstance(q, dict) or "stem" not in q or "choices" not in q:
+            raise DataError(f"{r.where}: field 'question' needs 'stem' and 'choices'")
+        keys = [c["label"] for c in q["choices"]]
+        if r["answerKey"] not in keys:
+            raise DataError(f"{r.where}: answerKey {r['answerKey']!r} is not one of the choice labels {keys}")
+        return Example(f"Question: {q['stem']}\nAnswer:", choices=tuple(c["text"] for c in q["choices"]),
+                       target=keys.index(r["answerKey"]))
+    if name == "winogrande":
+        s = r["sentence"]
+        if "_" not in s:
+            raise DataError(f"{r.where}: the sentence has no '_' blank")
+        i = s.index("_")
+        if str(r["answer"]) not in ("1", "2"):
+            raise DataError(f"{r.where}: answer {r['answer']!r} is not '1' or '2'")
+        return Example("", contexts=(s[:i] + r["option1"], s[:i] + r["option2"]), continuation=s[i + 1:].strip(),
+                       target=int(r["answer"]) - 1)
+    if name == "storycloze":
+        query = " ".join(r[f"InputSentence{j}"] for j in range(1, 5))
+        return Example(query, choices=(r["RandomFifthSentenceQuiz1"], r["RandomFifthSentenceQuiz2"]),
+                       target=_int(r, "AnswerRightEnding") - 1)
+    if name == "boolq":
+        answer = r["answer"]
+        if not isinstance(answer, bool):
+            raise DataError(f"{r.where}: answer {answer!r} is not true or false")
+        return Example(f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", choices=("no", "yes"),
+                       target=int(answer))
+    if name == "copa":
+        connector = {"cause": "because", "effect": "therefore"}.get(r["question"])
+        if connector is None:
+            raise DataError(f"{r.where}: question {r['question']!r} is not 'cause' or 'effect'")
+        lower = lambda c: c[0].lower() + c[1:]  # noqa: E731
+        return Example(r["premise"].strip()[:-1] + f" {connector}", choices=(lower(r["choice1"]), lower(r["choice2"])),
+                       target=_int(r, "label"))
+    if name == "triviaqa":
+        question = r["Question"] if "Question" in r else r["question"]
+        answer = r["Answer"] if "Answer" in r else r["answer"]
+        aliases = answer.get("Aliases") or answer.get("aliases") or []
+        value = answer.get("Value") or answer.get("value")
+        answers = tuple(dict.fromkeys([a for a in [value, *aliases] if a]))
+        return Example(f"Question: {question}?\nAnswer:", answers=answers)
+    raise DataError(f"unknown benchmark {name!r}")
+
+
+def benchmark(name: str, path: str = "", demos: str = "", labels: str = "", demo_labels: str = "", tfds: str = "",
+              split: str = "", demo_split: str = "", data_dir: str = "") -> Task:
+    kind, tfds_name, default_split, default_demo_split = BENCHMARKS[name]
+
+    def load(file, labels_file, tfds_split):
+        rows = _read_rows(file) if file else _read_tfds(name, tfds or tfds_name, tfds_split, data_dir)
+        lab = None
+        if labels_file:
+            with open(os.path.expanduser(labels_file)) as f:
+                lab = [ln.strip() for ln in f if ln.strip()]
+        return [to_example(name, r, lab, i) for i, r in enumerate(rows)]
+
+    examples = load(path, labels, split or default_split)
+    if demos:
+        demo_examples = load(demos, demo_labels, "")
+    elif path:
+        demo_examples = examples  # the example itself is never drawn (Task.prefix)
+    else:
+        demo_examples = load("", "", demo_split or default_demo_split)
+    common = dict(separator="\n\n", delimiter=" ")
+    if kind == "generate":
+        return Task(name, kind, examples, demo_examples, stop=("\n", ".", ","), max_new_tokens=32, **common)
+    task = Task(name, kind, examples, demo_examples, **common)  # checks every example
+    if kind == "multiple_choice":
+        task.chance = sum(1 / len(e.contexts or e.choices) for e in examples) / len(examples)
+    return task

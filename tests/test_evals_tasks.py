@@ -1,0 +1,175 @@
+"""Tasks: K-shot prompts (fixed by the seed, never holding the scored example), acc/acc_norm as lm-eval computes
+them, SQuAD normalisation, every shipped task and benchmark format parses, and bad task input is one DataError."""
+
+import os
+
+import numpy as np
+import pytest
+
+from gptjax.errors import DataError, GptjaxError
+from gptjax.evals import evaluator, tasks
+from gptjax.evals.tasks import benchmarks
+from gptjax.evals.tasks.base import Example, Task
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "evals")
+FIXTURES = {
+    "lambada": "path={d}/lambada.jsonl",
+    "hellaswag": "path={d}/hellaswag.jsonl",
+    "piqa": "path={d}/piqa.jsonl,labels={d}/piqa-labels.lst",
+    "arc_easy": "path={d}/arc_easy.jsonl",
+    "arc_challenge": "path={d}/arc_easy.jsonl",
+    "winogrande": "path={d}/winogrande.jsonl",
+    "storycloze": "path={d}/storycloze.csv",
+    "boolq": "path={d}/boolq.jsonl",
+    "copa": "path={d}/copa.jsonl",
+    "triviaqa": "path={d}/triviaqa.json",
+}
+
+
+def spec(name):
+    return f"{name}:{FIXTURES[name].format(d=DATA)}"
+
+
+@pytest.mark.parametrize("name", ["arithmetic_2da", "icl_mapping",
+                                  pytest.param("reversed_words", marks=pytest.mark.slow),
+                                  pytest.param("shakespeare_next_line", marks=pytest.mark.slow)])
+def test_kshot_prompts_fixed_by_seed_and_never_hold_the_example(name):
+    task = tasks.get(name)
+    for i in range(5):
+        a, b = task.prefix(i, 4, seed=0), task.prefix(i, 4, seed=0)
+        assert a == b and a != task.prefix(i, 4, seed=1)
+        assert a.count(task.separator) >= 4 and task.prompt(i, 4, 0).endswith(task.examples[i].query)
+        ex = task.examples[i]
+        if not ex.demos:  # a shared pool: the example itself is never one of its demonstrations
+            assert task.render(ex) not in a.split(task.separator)
+    assert task.prefix(0, 0, seed=0) == ""
+
+
+def test_example_never_drawn_when_demos_are_the_examples():
+    exs = [Example(f"q{i}", target=f"a{i}") for i in range(4)]
+    task = Task("t", "cloze", exs, exs, separator="|", delimiter="=")
+    for i in range(4):
+        for seed in range(20):
+            assert f"q{i}=a{i}" not in task.prefix(i, 3, seed).split("|")
+    with pytest.raises(DataError, match="4-shot needs 4 demonstrations, but the demonstration split has 3"):
+        task.prefix(0, 4, 0)
+
+
+def test_description_comes_first():
+    exs = [Example(f"q{i}", target=f"a{i}") for i in range(3)]
+    task = Task("t", "cloze", exs, exs, description="Answer the questions.", separator="\n", delimiter=" ")
+    assert task.prompt(0, 1, 0).startswith("Answer the questions.\nq") and task.prompt(0, 0, 0) == \
+        "Answer the questions.\nq0"
+
+
+def test_acc_and_acc_norm_by_hand():
+    # choice 0 has the highest log-likelihood, choice 1 the highest per character
+    m = evaluator.multiple_choice_metrics([-4.0, -6.0, -9.0], ["ab", "abcdefgh", "abc"], target=1,
+                                          lls_uncond=[-1.0, -5.5, -1.0])
+    assert m == {"acc": 0.0, "acc_norm": 1.0, "acc_uncond": 1.0}
+
+
+@pytest.mark.slow
+def test_acc_and_acc_norm_equal_lm_eval(tmp_path):
+    task_mod = pytest.importorskip("lm_eval.api.task")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    data = tmp_path / "mc.jsonl"
+    data.write_text('{"q": "Pick", "choices": ["ab", "abcdefgh", "abc"], "label": 1}\n')
+    lm_task = task_mod.ConfigurableTask(config={
+        "task": "handmade", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{q}}",
+        "doc_to_choice": "{{choices}}", "doc_to_target": "{{label}}",
+        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]})
+    doc = next(iter(lm_task.test_docs()))
+    for lls in ([-4.0, -6.0, -9.0], [-1.0, -2.0, -0.5], [-3.0, -3.2, -30.0]):
+        want = lm_task.process_results(doc, [(ll, False) for ll in lls])
+        got = evaluator.multiple_choice_metrics(lls, doc["choices"], doc["label"])
+        assert got == {"acc": want["acc"], "acc_norm": want["acc_norm"]}
+
+
+def test_squad_normalisation():
+    assert evaluator.normalize_answer("The  Cat, sat!") == "cat sat"
+    assert evaluator.token_f1("the cat sat", "a cat sat down") == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
+    assert evaluator.token_f1("dog", "cat") == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", tasks.OFFLINE)
+def test_offline_tasks_parse(name):
+    task = tasks.get(name)
+    assert task.kind in ("cloze", "multiple_choice") and len(task.examples) >= 100
+    assert task.prompt(0, 1, 0)
+
+
+@pytest.mark.slow
+def test_word_scrambles():
+    words = set(tasks.synthetic.word_list())
+    assert {"which", "heaven", "father"} <= words and all(w.isalpha() and 4 <= len(w) <= 15 for w in words)
+    t = tasks.get("reversed_words")
+    ex = t.examples[0]
+    assert ex.query.endswith(f"\n{ex.target[::-1]} =")
+    a1 = tasks.get("anagrams1").examples[0]
+    scrambled = a1.query.split("\n")[-1][:-2]
+    assert sorted(scrambled) == sorted(a1.target) and scrambled[0] == a1.target[0]
+    assert not {e.target for e in t.examples} & {d.target for d in t.demos}  # disjoint word sets
+
+
+@pytest.mark.slow
+def test_shakespeare_tasks_use_held_out_plays():
+    from gptjax import data
+    from gptjax.datasets.shakespeare import plays
+
+    held_out = [t for i, t in enumerate(data.shakespeare_plays()) if plays.is_validation(i)]
+    texts = [data.shakespeare_plays()[t] for t in held_out]
+    last = tasks.get("shakespeare_last_word")
+    assert all(any(ex.query in t for t in texts) for ex in last.examples[:20])
+    nxt = tasks.get("shakespeare_next_line")
+    ex = nxt.examples[0]
+    assert len(ex.choices) == 4 and any(ex.query + "\n" + ex.choices[ex.target] in t for t in texts)
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_benchmark_formats_parse(name):
+    task = tasks.get(spec(name))
+    assert len(task.examples) == 3
+    assert task.prompt(0, 1, 0)
+
+
+def test_benchmark_prompts_follow_lm_eval():
+    hs = tasks.get(spec("hellaswag")).examples[0]
+    assert hs.query == "Baking cookies: A woman pours flour into a bowl. She" and hs.target == 0
+    assert tasks.get(spec("hellaswag")).examples[0].choices[2] == "jumps into a swimming pool. Dive."
+    copa = tasks.get(spec("copa")).examples[0]
+    assert copa.query == "The man broke his toe because" and copa.choices[0] == "he dropped a hammer on his foot."
+    wino = tasks.get(spec("winogrande")).examples[0]
+    assert wino.contexts == ("The trophy would not fit in the suitcase because the trophy",
+                             "The trophy would not fit in the suitcase because the suitcase")
+    assert wino.continuation == "was too big."
+    arc = tasks.get(spec("arc_easy")).examples[2]
+    assert arc.target == 2 and arc.query == "Question: Which state of matter has a fixed shape?\nAnswer:"
+    assert tasks.get(spec("piqa")).examples[1].target == 1
+    assert tasks.get(spec("storycloze")).examples[1].target == 1
+    assert tasks.get(spec("boolq")).examples[1].choices == ("no", "yes")
+    lam = tasks.get(spec("lambada")).examples[2]
+    assert lam.target == "garden" and lam.query.endswith("play in the")
+    tqa = tasks.get(spec("triviaqa"))
+    assert tqa.kind == "generate" and tqa.examples[2].answers == ("William Shakespeare", "Shakespeare")
+
+
+@pytest.mark.parametrize("task_spec, message", [
+    ("nosuchtask", "unknown task 'nosuchtask'"),
+    ("piqa:path={d}/bad_missing_field.jsonl", "bad_missing_field.jsonl line 1: missing field 'sol2'"),
+    ("hellaswag:path={d}/bad_empty_choices.jsonl", "example 0: empty choices"),
+    ("copa:path={d}/bad_target.jsonl", "example 0: target 5 is not an index into its 2 choices"),
+    ("copa:path={d}/no_such_file.jsonl", "no such file"),
+    ("copa:pth=x", "unknown option 'pth'"),
+])
+def test_bad_task_input_is_one_data_error(task_spec, message):
+    with pytest.raises(GptjaxError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        tasks.get(task_spec.format(d=DATA))
+
+
+def test_k_larger_than_demonstrations():
+    task = tasks.get(spec("copa"))
+    with pytest.raises(DataError, match="task copa.*3-shot needs 3 demonstrations, but the demonstration split has 2"):
+        task.prefix(0, 3, 0)

@@ -1,0 +1,190 @@
+"""Launch scripts: the commands their --dry_run prints (a v5e-256 TPU slice, a 4-node SLURM job, local processes),
+and that without --dry_run they run exactly those commands, in order, against fake gcloud / sbatch executables
+that record their arguments (so the slice is deleted even when the run fails)."""
+
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "launch"))
+import tpu_pod  # noqa: E402
+
+TRAIN = ["gptjax", "train", "--config=experiments/pretrain/gpt2_124m.py", "--workdir=gs://bucket/gpt2",
+         "--config.data.data_dir=gs://bucket/tfds"]
+REPO = "https://github.com/example/gptjax.git"
+
+
+def launch(script, *args, env=None, check=True):
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / script), *args], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, cwd=ROOT)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def commands(stdout):
+    """The printed commands, as argv lists (comment lines dropped)."""
+    return [shlex.split(line) for line in stdout.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def flag(cmd, name):
+    values = [a.split("=", 1)[1] for a in cmd if a.startswith(f"--{name}=")]
+    assert len(values) == 1, (name, cmd)
+    return values[0]
+
+
+def test_tpu_pod_dry_run_v5e_256_queued_spot():
+    out = launch("tpu_pod.py", "--tpu=gpt2-run", "--zone=us-west4-a", "--accelerator=v5e-256", "--spot", "--queued",
+                 f"--repo={REPO}", "--ref=v1.0", "--project=my-proj", "--dry_run", "--", *TRAIN).stdout
+    cmds = commands(out)
+    assert all(c[:3] == ["gcloud", "compute", "tpus"] for c in cmds)
+    assert all(flag(c, "zone") == "us-west4-a" and flag(c, "project") == "my-proj" for c in cmds)
+    create, describe, setup, run, *scps, delete = cmds
+    assert create[3:6] == ["queued-resources", "create", "gpt2-run"] and "--spot" in create
+    assert flag(create, "node-id") == "gpt2-run" and flag(create, "accelerator-type") == "v5litepod-256"
+    assert flag(create, "runtime-version") == "v2-alpha-tpuv5-lite"
+    assert describe[3:6] == ["queued-resources", "describe", "gpt2-run"]
+    for ssh in (setup, run):
+        assert ssh[3:6] == ["tpu-vm", "ssh", "gpt2-run"] and flag(ssh, "worker") == "all"
+    assert f"git clone --quiet {REPO} gptjax" in flag(setup, "command")
+    assert "git checkout --quiet v1.0" in flag(setup, "command") and "pip install" in flag(setup, "command")
+    remote = flag(run, "command")
+    assert f"{shlex.join(TRAIN)} --distributed" in remote and "tee $HOME/gptjax.log" in remote
+    # v5e-256: 64 hosts of 4 chips, one log each
+    assert len(scps) == 64
+    assert [flag(c, "worker") for c in scps] == [str(i) for i in range(64)]
+    assert [c[5:7] for c in scps] == [["gpt2-run:gptjax.log", f"logs/gpt2-run/worker_{i}.log"] for i in range(64)]
+    assert delete[3:6] == ["queued-resources", "delete", "gpt2-run"] and "--force" in delete
+    assert "# wait until the queued resource is ACTIVE" in out
+
+
+def test_tpu_pod_dry_run_direct_create_and_keep():
+    out = launch("tpu_pod.py", "--tpu=t", "--zone=us-central2-b", "--accelerator=v4-32", f"--repo={REPO}", "--keep",
+                 "--dry_run", "--", *TRAIN).stdout
+    cmds = commands(out)
+    assert cmds[0][3:6] == ["tpu-vm", "create", "t"] and flag(cmds[0], "version") == "tpu-ubuntu2204-base"
+    assert "--spot" not in cmds[0] and not any("queued-resources" in c for c in cmds)
+    assert len([c for c in cmds if c[4] == "scp"]) == 4  # v4-32: 16 chips, 4 hosts
+    assert not any(c[4] == "delete" for c in cmds)  # --keep
+    assert "delete it with: gcloud compute tpus tpu-vm delete t --quiet" in out
+
+
+@pytest.mark.parametrize("accelerator,workers", [("v4-8", 1), ("v4-32", 4), ("v5p-128", 16), ("v5e-8", 1),
+                                                 ("v5litepod-16", 4), ("v5e-256", 64), ("v6e-256", 64)])
+def test_tpu_hosts_per_slice(accelerator, workers):
+    assert tpu_pod.num_workers(accelerator) == workers
+
+
+def test_tpu_pod_refuses_what_cannot_work():
+    cases = [(["--accelerator=v5e-256", "--", "gptjax", "train", "--workdir=runs/local"], "needs a gs:// workdir"),
+             (["--accelerator=tpu-9", "--", *TRAIN], "--accelerator: 'tpu-9' is not one of"),
+             (["--accelerator=v4-8"], "give the gptjax command after `--`")]
+    for args, message in cases:
+        r = launch("tpu_pod.py", "--tpu=t", "--zone=z", f"--repo={REPO}", "--dry_run", *args, check=False)
+        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = launch("tpu_pod.py", "--tpu=t", "--zone=z", "--accelerator=v4-8", "--dry_run", "--", *TRAIN, check=False)
+    assert r.returncode == 2 and "--repo: give the git URL" in r.stderr
+
+
+def fake_bin(tmp_path, name, body):
+    """An executable `name` that appends its argv (one JSON list per line) to calls.jsonl, then runs `body`."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    exe = bindir / name
+    exe.write_text(f"""#!{sys.executable}
+import json, sys
+with open({str(tmp_path / 'calls.jsonl')!r}, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+{body}
+""")
+    exe.chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}
+
+
+def calls(tmp_path):
+    import json
+
+    return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+
+
+def test_tpu_pod_runs_the_printed_commands_and_deletes_after_a_failed_run(tmp_path, monkeypatch):
+    # queued resource: WAITING twice, then ACTIVE; the run fails on the workers with status 3
+    env = fake_bin(tmp_path, "gcloud", f"""
+import pathlib
+if "describe" in sys.argv:
+    n = pathlib.Path({str(tmp_path / 'polls')!r})
+    k = int(n.read_text()) if n.exists() else 0
+    n.write_text(str(k + 1))
+    print("ACTIVE" if k >= 2 else "WAITING_FOR_RESOURCES")
+if any(a.startswith("--command=") and "gptjax train" in a for a in sys.argv):
+    sys.exit(3)
+""")
+    args = ["--tpu=sweep-0", "--zone=us-west4-a", "--accelerator=v5e-16", "--queued", f"--repo={REPO}",
+            f"--logs={tmp_path / 'logs'}"]
+    dry = commands(launch("tpu_pod.py", *args, "--dry_run", "--", *TRAIN, env=env).stdout)
+    assert not (tmp_path / "calls.jsonl").exists()  # a dry run runs nothing
+    pod = tpu_pod.Pod(tpu="sweep-0", zone="us-west4-a", accelerator="v5e-16", queued=True, repo=REPO,
+                      logs=str(tmp_path / "logs"))
+    monkeypatch.setenv("PATH", env["PATH"])
+    status = tpu_pod.launch(pod, TRAIN, poll_seconds=0.01, out=lambda line: None)
+    assert status == 3
+    ran = [["gcloud", *c] for c in calls(tmp_path)]
+    describe = dry[1]
+    assert ran.count(describe) == 3  # polled until ACTIVE
+    assert [c for c in ran if c != describe] == [c for c in dry if c != describe]  # the rest, once each, in order
+    assert ran[-1][3:6] == ["queued-resources", "delete", "sweep-0"]  # deleted although the run failed
+    assert (tmp_path / "logs" / "sweep-0").is_dir()
+
+
+def test_slurm_dry_run_4_nodes():
+    out = launch("slurm.py", "--nodes=4", "--gpus_per_node=8", "--time=24:00:00", "--partition=gpu",
+                 "--account=lm", "--job_name=gpt3-xl", "--dry_run", "--", "gptjax", "train",
+                 "--config=experiments/pretrain/gpt3.py:size=gpt3-xl", "--workdir=/shared/runs/gpt3_xl").stdout
+    lines = out.splitlines()
+    assert lines[0] == "sbatch --parsable <<'EOF'" and lines[-1] == "EOF"
+    script = lines[1:-1]
+    assert script[0] == "#!/bin/bash"
+    options = [line.split(" ", 1)[1] for line in script if line.startswith("#SBATCH ")]
+    for option in ("--job-name=gpt3-xl", "--nodes=4", "--ntasks-per-node=1", "--gpus-per-node=8",
+                   "--signal=TERM@120", "--output=logs/%x-%j.out", "--time=24:00:00", "--partition=gpu",
+                   "--account=lm", f"--chdir={ROOT}"):
+        assert option in options, option
+    assert shlex.split(script[-1]) == ["srun", "--kill-on-bad-exit=1", "gptjax", "train",
+                                       "--config=experiments/pretrain/gpt3.py:size=gpt3-xl",
+                                       "--workdir=/shared/runs/gpt3_xl", "--distributed"]
+
+
+def test_slurm_submits_the_printed_script(tmp_path):
+    env = fake_bin(tmp_path, "sbatch", f"""
+pathlib = __import__("pathlib")
+pathlib.Path({str(tmp_path / 'script.sh')!r}).write_text(sys.stdin.read())
+print("4242;cluster")
+""")
+    args = ["--nodes=4", f"--logs={tmp_path / 'logs'}", "--", "gptjax", "train", "--workdir=/shared/x"]
+    dry = launch("slurm.py", "--dry_run", *args, env=env).stdout
+    assert not (tmp_path / "calls.jsonl").exists()
+    r = launch("slurm.py", *args, env=env)
+    assert calls(tmp_path) == [["--parsable"]]
+    assert (tmp_path / "script.sh").read_text() == dry.split("<<'EOF'\n", 1)[1].rsplit("EOF", 1)[0]
+    assert f"job 4242; log: {tmp_path / 'logs'}/gptjax-4242.out" in r.stdout
+
+
+def test_local_multiprocess_dry_run_prints_each_process():
+    r = subprocess.run([str(ROOT / "launch" / "local_multiprocess.sh"), "--dry_run", "2", "4", "gptjax", "train",
+                        "--workdir=runs/mp", "--config.mesh.shape=(2,4,1)"], capture_output=True, text=True,
+                       env={**os.environ, "GPTJAX_COORDINATOR_PORT": "23456", "XLA_FLAGS": ""})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "wait" and len(lines) == 3
+    for i, line in enumerate(lines[:2]):
+        argv = shlex.split(line)
+        assert argv[0] == "XLA_FLAGS= --xla_force_host_platform_device_count=4"
+        assert argv[1:9] == ["gptjax", "train", "--workdir=runs/mp", "--config.mesh.shape=(2,4,1)",
+                             "--coordinator_address=127.0.0.1:23456", "--num_processes=2", f"--process_id={i}",
+                             ">"]
+        assert argv[9:] == [f"process_{i}.log", "2>&1", "&"]
