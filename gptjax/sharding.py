@@ -4,7 +4,6 @@ import math
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gptjax.errors import ConfigError

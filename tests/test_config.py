@@ -10,6 +10,8 @@ from gptjax import configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "**", "*.py"), recursive=True))
+EVAL_EXPERIMENTS = [p for p in EXPERIMENTS if os.sep + "eval" + os.sep in p]  # `gptjax eval` configs
+EXPERIMENTS = [p for p in EXPERIMENTS if p not in EVAL_EXPERIMENTS]  # `gptjax train` configs
 
 
 def load(path):
