@@ -255,23 +255,30 @@ def test_prompt_errors_and_left_truncation(params):
     np.testing.assert_array_equal(cut.tokens, last.tokens)
 
 
-def test_generation_slides_past_the_context(params):
-    """Past the context the window slides as nanoGPT's sampler crops its input: each greedy token is the argmax of
-    the plain forward pass over the window it was generated in (the last 3/4 of the context after each slide)."""
+def test_generation_slides_past_the_context():
+    """Past the context the window slides, as nanoGPT's sampler crops its input: when the (left-padded) batch fills
+    the context, every row keeps its last 3/4 of the context and goes on. Each greedy token is the argmax of the plain
+    forward pass over the window it was generated in, and its log-prob is that pass's."""
     cfg = dataclasses.replace(CFG, max_len=24)
+    params = init(cfg)
     keep = 24 - 24 // 4
     prompts = [TOK.encode("ROMEO:"), TOK.encode("O")]
     out = sampling.generate(cfg, params, prompts, max_new_tokens=50, temperature=0.0, logprobs=True)
-    for prompt, c in zip(prompts, out):
-        assert len(c.tokens) == 50 and c.finish_reason == "length"
-        seq, start = list(prompt), 0
-        for t, token in enumerate(c.tokens):
-            if len(seq) - start == cfg.max_len:
-                start = len(seq) - keep
-            lp = full_log_probs(params, seq[start:], cfg)[-1]
-            assert int(np.argmax(lp)) == token, t
-            np.testing.assert_allclose(c.logprobs[t], lp[token], atol=1e-4)
-            seq.append(int(token))
+    assert all(len(c.tokens) == 50 and c.finish_reason == "length" for c in out)
+    seqs, starts = [list(p) for p in prompts], [0, 0]
+    padded = max(map(len, prompts))
+    generated = 0
+    for t in range(50):
+        if generated == cfg.max_len - padded:  # the batch's cache is full: slide every row
+            starts = [max(0, len(s) - keep) for s in seqs]
+            padded, generated = max(len(s) - st for s, st in zip(seqs, starts)), 0
+        for r, c in enumerate(out):
+            lp = full_log_probs(params, seqs[r][starts[r]:], cfg)[-1]
+            assert int(np.argmax(lp)) == c.tokens[t], (r, t)
+            np.testing.assert_allclose(c.logprobs[t], lp[c.tokens[t]], atol=1e-4)
+            seqs[r].append(int(c.tokens[t]))
+        generated += 1
+    assert starts[0] > 0 and starts[1] > 0  # it did slide
     sampled = sampling.generate(cfg, params, prompts, max_new_tokens=50, temperature=1.0, seed=4)
     again = sampling.generate(cfg, params, prompts, max_new_tokens=50, temperature=1.0, seed=4)
     assert all(len(c.tokens) == 50 for c in sampled)
