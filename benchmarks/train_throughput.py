@@ -139,21 +139,22 @@ def jax_worker(args, shape) -> dict:
     import jax
 
     from gptjax import metrics, sharding
-    from gptjax.model import ModelConfig
-    from gptjax.train import Trainer
+    from gptjax.tasks import LanguageModeling
+    from gptjax.train import lm_trainer
 
     total = shape["warmup"] + shape["steps"]
     config = jax_config(shape, args.dtype, total)
     mesh = sharding.make_mesh(config.mesh.shape)
-    trainer = Trainer(config, mesh, ModelConfig.from_config(config.model))
+    trainer = lm_trainer(config, mesh)
     state = trainer.init_state(config.seed)
     if args.export_init:  # the peer's starting point
         from gptjax.convert import hf
 
-        hf.save_hf_gpt2(jax.device_get(state.params), trainer.model_cfg, args.export_init)
+        hf.save_hf_gpt2(jax.device_get(state.params), trainer.model.cfg, args.export_init)
         return {}
     train_tokens, val_tokens = load_corpus()
-    batches = [train_batch(train_tokens, s, shape["batch"], shape["ctx"]) for s in range(total)]
+    batches = [LanguageModeling.from_windows(train_batch(train_tokens, s, shape["batch"], shape["ctx"]))
+               for s in range(total)]
     losses = []
     with trainer.context():
         t_compile = time.perf_counter()
@@ -171,11 +172,10 @@ def jax_worker(args, shape) -> dict:
             losses.append(out["train_loss"])
         jax.block_until_ready((state, out))
         elapsed = time.perf_counter() - t0
-        val = [trainer.eval_step(state.params, sharding.host_local_to_global(b, mesh))
-               for b in val_batches(val_tokens, args.val_batches, shape["batch"], shape["ctx"])]
-        val_loss = sum(float(s) for s, _ in val) / sum(float(n) for _, n in val)
+        val_loss = trainer.evaluate(state.params, (LanguageModeling.from_windows(b) for b in val_batches(
+            val_tokens, args.val_batches, shape["batch"], shape["ctx"])))["val_loss"]
     losses = [float(x) for x in jax.device_get(losses)]
-    flops_per_token = metrics.flops_per_token(state.params, trainer.model_cfg, shape["ctx"])
+    flops_per_token = metrics.flops_per_token(state.params, trainer.model.cfg, shape["ctx"])
     return dict(elapsed=elapsed, compile_s=t_compile, losses=losses, val_loss=val_loss,
                 flops_per_token=flops_per_token, peak=metrics.peak_flops_per_device(args.dtype))
 

@@ -16,7 +16,7 @@ CONFIG_FILE = "config.json"
 # Keys that must agree between a workdir's saved config and the config that resumes or samples from it, and the
 # model fields that may change between runs on the same params (resuming, or fine-tuning from `train.init_from`).
 _IDENTITY_KEYS = ("model", "data.tokenizer", "data.seq_len")
-TUNABLE_MODEL_KEYS = ("dropout", "dtype", "remat")
+TUNABLE_MODEL_KEYS = ("dropout", "dtype", "remat", "attention_impl", "norm_impl", "loss_impl")
 
 
 def manager(workdir: str, ckpt_cfg=None, read_only: bool = False) -> ocp.CheckpointManager:
@@ -121,7 +121,11 @@ def check_compatible(workdir: str, config) -> None:
     """Stops a run from resuming a workdir written by a different model (before any restore is attempted)."""
     if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
         return
-    saved = _flatten(read_config(workdir))
+    from gptjax.model import model_config_dict
+
+    saved = read_config(workdir)
+    saved["model"] = {**model_config_dict().to_dict(), "preset": "", **saved.get("model", {})}  # older runs: defaults
+    saved = _flatten(saved)
     current = _flatten(json.loads(config.to_json_best_effort()))
     diffs = [
         f"{k}={saved.get(k)!r} there, {current.get(k)!r} here"

@@ -35,6 +35,7 @@ import numpy as np
 from absl import logging
 
 from gptjax.datasets.shakespeare import plays
+from gptjax.files import atomic_write
 from gptjax.tokenizer import DataError, Tokenizer, build_tokenizer
 
 __all__ = ["DataError", "Pipeline", "make_pipeline", "shakespeare_plays"]
@@ -230,14 +231,6 @@ def _source(d) -> _Source:
     raise DataError(f"data.source: {d.source!r} is not one of shakespeare, text, tfds:NAME[/CONFIG], synthetic:icl")
 
 
-def _atomic_write(path: pathlib.Path, write: Callable) -> None:
-    """write(file) into a temporary file renamed to `path`: processes sharing a workdir never see partial files."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
 def _tokens(source: _Source, split: str, tok: Tokenizer, cache_dir: pathlib.Path) -> tuple[np.ndarray, int]:
     """The split's token stream (uint16 when the vocabulary allows) and its size in UTF-8 bytes, cached."""
     key = hashlib.sha256(json.dumps([source.fingerprint, tok.fingerprint]).encode()).hexdigest()[:16]
@@ -253,9 +246,9 @@ def _tokens(source: _Source, split: str, tok: Tokenizer, cache_dir: pathlib.Path
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype)
     nbytes = sum(len(doc.encode("utf-8")) for doc in docs)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: np.save(f, tokens))
+    atomic_write(path, lambda f: np.save(f, tokens))
     stats = {"utf8_bytes": nbytes, "tokens": len(tokens), "documents": len(docs)}
-    _atomic_write(meta, lambda f: f.write(json.dumps(stats).encode()))  # written last: marks the cache complete
+    atomic_write(meta, lambda f: f.write(json.dumps(stats).encode()))  # written last: marks the cache complete
     logging.info("data: %s split: %d documents, %d bytes, %d tokens -> %s", split, len(docs), nbytes, len(tokens), path)
     return tokens, nbytes
 

@@ -16,17 +16,21 @@ from gptjax.errors import PromptError  # noqa: F401  (part of this module's API)
 from gptjax.model import GPT, ModelConfig
 
 
-def fit_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, max_len: int, truncate: str = "error"):
-    """Checks each prompt against the context; with truncate="left" keeps the last tokens that fit."""
+def fit_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, max_len: int, truncate: str = "error",
+                slide: bool = False):
+    """Checks each prompt against the context; with truncate="left" keeps the last tokens that fit.
+
+    The strict rule (beam search, scoring): prompt + max_new_tokens must fit in the context. With `slide` (sampling,
+    which moves its window along as nanoGPT crops its context) only the prompt must leave room for one new token."""
     if truncate not in ("error", "left"):
         raise PromptError(f"truncate: must be 'error' or 'left', got {truncate!r}")
     if max_new_tokens < 1:
         raise PromptError(f"max_new_tokens: must be at least 1, got {max_new_tokens}")
-    if max_new_tokens >= max_len:
+    if not slide and max_new_tokens >= max_len:
         raise PromptError(f"max_new_tokens: {max_new_tokens} leaves no room for a prompt in a context of {max_len}")
     if not prompts:
         raise PromptError("prompts: none given")
-    room = max_len - max_new_tokens
+    room = max_len - 1 if slide else max_len - max_new_tokens
     out = []
     for i, prompt in enumerate(prompts):
         prompt, name = [int(t) for t in prompt], "prompt" if len(prompts) == 1 else f"prompt {i}"
@@ -34,9 +38,10 @@ def fit_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, max_len: 
             raise PromptError(f"{name}: empty after tokenization; give at least one character")
         if len(prompt) > room:
             if truncate == "error":
+                needs = "leaves no room for a new token in" if slide else f"+ max_new_tokens={max_new_tokens} exceed"
                 raise PromptError(
-                    f"{name}: {len(prompt)} tokens + max_new_tokens={max_new_tokens} exceed the model's context "
-                    f"of {max_len} tokens (truncate from the left to keep the last {room})"
+                    f"{name}: {len(prompt)} tokens {needs} the model's context of {max_len} tokens "
+                    f"(truncate from the left to keep the last {room})"
                 )
             prompt = prompt[-room:]
         out.append(prompt)

@@ -1,90 +1,123 @@
-"""The `gptjax` command: `gptjax train|sample|import-hf [flags]`. Thin: parses flags, starts jax.distributed when
-asked, and calls the library. Bad input ends with one line `gptjax: error: ...` and exit status 2."""
+"""The `gptjax` command: `gptjax train|sample|eval|import-hf [flags]`. Thin: parses flags, starts jax.distributed
+when asked, and calls the library.
+
+Bad input (a `GptjaxError`, raised anywhere, or a flag or config key that cannot be parsed) ends with one line
+`gptjax: error: ...` and exit status 2. Every other exception keeps its traceback: it is a bug. `main(argv)` runs a
+command in this process and returns its exit status (the tests call it); each call parses into its own FlagValues.
+"""
 
 import os
 import re
 import sys
 
-from absl import app, flags
+from absl import flags, logging
 
-COMMANDS = ("train", "sample", "import-hf")
+from gptjax.errors import ConfigError, GptjaxError
+
+COMMANDS = ("train", "sample", "eval", "import-hf")
 USAGE = (
     "usage: gptjax train [--config=FILE[:ARG]] --workdir=DIR [--config.KEY=VALUE ...]\n"
     "       gptjax sample --workdir=DIR (--prompt=TEXT | --prompt_file=FILE) [--max_new_tokens --temperature "
     "--top_k --top_p --beam_size --length_penalty --num_samples --stop --truncate --seed]\n"
+    "       gptjax eval --workdir=DIR[,DIR...] [--config=FILE[:ARG]] [--config.tasks=...]\n"
     "       gptjax import-hf --hf_dir=DIR --workdir=DIR"
 )
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
+# What a config file or an override can raise for bad input (ml_collections wraps them); anything else, such as
+# a NameError in an experiment file, is a bug there and keeps its traceback.
+_CONFIG_INPUT_ERRORS = (GptjaxError, ValueError, KeyError, AttributeError, TypeError, OSError)
 
 
-def _define_common():
-    flags.DEFINE_string("workdir", None, "Run directory: config, checkpoints, metrics, samples.", required=True)
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
-    flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) in a multi-process run.")
-    flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with cluster auto-detection (TPU pods, SLURM).")
+def _define_common(fv):
+    flags.DEFINE_string("workdir", None, "Run directory: config, checkpoints, metrics, samples.", flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) in a multi-process run.",
+                         flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.", flag_values=fv)
+    flags.DEFINE_bool("distributed", False,
+                      "Call jax.distributed.initialize() with cluster auto-detection (TPU pods, SLURM).", flag_values=fv)
 
 
-def _define_train():
+def define_config(fv, argv, default=DEFAULT_CONFIG):
+    """The --config flag (FILE[:ARG], overridable as --config.KEY=VALUE), read from `argv`."""
     from ml_collections import config_flags
 
-    _define_common()
-    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file, FILE[:ARG].", lock_config=True)
+    config_flags.DEFINE_config_file("config", default, "Experiment config file, FILE[:ARG].", lock_config=True,
+                                    flag_values=fv, sys_argv=argv)
 
 
-def _define_sample():
-    _define_common()
-    flags.DEFINE_string("prompt", None, "Text to continue.")
-    flags.DEFINE_string("prompt_file", None, "File whose text to continue.")
-    flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate.")
-    flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0 is greedy.")
-    flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
-    flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of tokens with this much probability.")
-    flags.DEFINE_integer("beam_size", 1, "Beam search with this many beams (GPT-3: 4); 1 samples.")
-    flags.DEFINE_float("length_penalty", 0.6, "Beam search's alpha in ((5 + length) / 6) ** alpha.")
-    flags.DEFINE_integer("num_samples", 1, "Continuations to draw (with beam search: the best beams).")
-    flags.DEFINE_multi_string("stop", [], "End a continuation before this text (repeatable; \\n is a newline).")
+def _define_train(fv, argv):
+    _define_common(fv)
+    define_config(fv, argv)
+
+
+def _define_sample(fv, argv):
+    _define_common(fv)
+    flags.DEFINE_string("prompt", None, "Text to continue.", flag_values=fv)
+    flags.DEFINE_string("prompt_file", None, "File whose text to continue.", flag_values=fv)
+    flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate (past the context, the window slides).",
+                         flag_values=fv)
+    flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0 is greedy.", flag_values=fv)
+    flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).", flag_values=fv)
+    flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of tokens with this much probability.",
+                       flag_values=fv)
+    flags.DEFINE_integer("beam_size", 1, "Beam search with this many beams (GPT-3: 4); 1 samples.", flag_values=fv)
+    flags.DEFINE_float("length_penalty", 0.6, "Beam search's alpha in ((5 + length) / 6) ** alpha.", flag_values=fv)
+    flags.DEFINE_integer("num_samples", 1, "Continuations to draw (with beam search: the best beams).",
+                         flag_values=fv)
+    flags.DEFINE_multi_string("stop", [], "End a continuation before this text (repeatable; \\n is a newline).",
+                              flag_values=fv)
     flags.DEFINE_enum("truncate", "error", ["error", "left"],
-                      "A prompt too long for the context: fail, or keep its end.")
-    flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same text.")
+                      "A prompt too long for the context: fail, or keep its end.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same text.", flag_values=fv)
 
 
-def _define_import_hf():
-    _define_common()
-    flags.DEFINE_string("hf_dir", None, "A transformers GPT-2 directory (config.json + *.safetensors).", required=True)
+def _define_eval(fv, argv):
+    from gptjax.evals import cli
+
+    _define_common(fv)
+    cli.define_flags(fv, argv)
 
 
-def _init_distributed():
+def _define_import_hf(fv, argv):
+    _define_common(fv)
+    flags.DEFINE_string("hf_dir", None, "A transformers GPT-2 directory (config.json + *.safetensors).",
+                        flag_values=fv)
+
+
+def _init_distributed(f):
     import jax
 
-    f = flags.FLAGS
     if f.num_processes and f.num_processes > 1:
         jax.distributed.initialize(f.coordinator_address, num_processes=f.num_processes, process_id=f.process_id)
     elif f.distributed:
         jax.distributed.initialize()
 
 
-def _train(argv):
-    from gptjax import configs, train
-
-    config = flags.FLAGS.config
+def _config(f):
     try:
+        config = f.config
         config.unlocked  # config_flags defers a file that failed to load to the first attribute read
     except OSError as err:
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        raise FileNotFoundError(f"--config: {lines[-1]}") from None
-    config = configs.finalize(config)
-    train.train_and_evaluate(config, flags.FLAGS.workdir)
+        raise ConfigError(f"--config: {lines[-1]}") from None
+    return config
 
 
-def _sample(argv):
+def _train(f):
+    from gptjax import configs, train
+
+    train.train_and_evaluate(configs.finalize(_config(f)), f.workdir)
+
+
+def _sample(f):
     from gptjax import workdirs
 
-    f = flags.FLAGS
     if (f.prompt is None) == (f.prompt_file is None):
-        raise ValueError("give exactly one of --prompt and --prompt_file")
-    if f.prompt_file is not None and not os.path.exists(f.prompt_file):
-        raise FileNotFoundError(f"--prompt_file: no such file: {f.prompt_file}")
+        raise GptjaxError("give exactly one of --prompt and --prompt_file")
+    if f.prompt_file is not None and not os.path.isfile(f.prompt_file):
+        raise GptjaxError(f"--prompt_file: no such file: {f.prompt_file}")
     prompt = f.prompt if f.prompt is not None else open(f.prompt_file, encoding="utf-8").read()
     stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in f.stop]
     workdirs.sample_from_workdir(
@@ -94,79 +127,91 @@ def _sample(argv):
     )
 
 
-def _import_hf(argv):
+def _eval(f):
+    from gptjax.evals import cli
+
+    cli.main(f)
+
+
+def _import_hf(f):
     from gptjax import workdirs
 
-    workdirs.import_hf(flags.FLAGS.hf_dir, flags.FLAGS.workdir)
+    if not f.hf_dir:
+        raise GptjaxError("--hf_dir: required (a transformers GPT-2 directory)")
+    workdirs.import_hf(f.hf_dir, f.workdir)
 
 
 _DISPATCH = {
     "train": (_define_train, _train),
     "sample": (_define_sample, _sample),
+    "eval": (_define_eval, _eval),
     "import-hf": (_define_import_hf, _import_hf),
 }
 
 
-def _guarded(fn):
-    def main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-        _init_distributed()
-        from gptjax.checkpoint import CheckpointError
-        from gptjax.data import DataError
-        from gptjax.sampling import PromptError
-        from gptjax.train import TrainingError
+def _config_error(err: BaseException, argv) -> ConfigError | None:
+    """One line for a config that cannot be loaded or overridden, or None when `err` is not bad input."""
+    chain, x = [], err
+    while x is not None:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    if not any(isinstance(x, _CONFIG_INPUT_ERRORS) for x in chain) and not isinstance(err, flags.Error):
+        return None
+    inner = chain[-1]
+    text = str(inner).encode().decode("unicode_escape")
+    if isinstance(inner, KeyError):  # a locked ConfigDict: 'key'\nDid you mean "other" instead of "key"?
+        key = re.search(r"'([^'\\]+)'", text)
+        hint = re.search(r'Did you mean "([^"]+)"', " ".join(str(x).encode().decode("unicode_escape") for x in chain))
+        for arg in argv:
+            name = arg.split("=")[0]
+            if key and name.startswith("--config.") and f".{key.group(1)}." in name + ".":
+                return ConfigError(f"{name}: no such key in the config"
+                                   + (f" (did you mean {hint.group(1)}?)" if hint else ""))
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if "Traceback" in str(err):  # get_config raised: its own message is the last line of the traceback text
+        flag = lines[0].split(":")[0].removeprefix("flag ")
+        return ConfigError(f"{flag}: {lines[-1].split(': ', 1)[-1]}")
+    if isinstance(err, flags.Error):
+        return ConfigError(" ".join(lines))
+    return ConfigError(f"--config: {[ln.strip() for ln in text.splitlines() if ln.strip()][-1]}")
 
+
+def main(argv) -> int:
+    """Runs `argv` (argv[0] is the program, argv[1] the command) in this process; returns the exit status."""
+    argv = list(argv)
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        print(USAGE, file=sys.stderr)
+        return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
+    command = argv.pop(1)
+    argv[0] = f"gptjax {command}"
+    define, fn = _DISPATCH[command]
+    fv = flags.FlagValues()
+    try:
+        if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+            define(fv, [argv[0]])
+            print(f"{USAGE}\n\nflags of gptjax {command}:\n{fv.get_help()}")
+            return 0
         try:
-            fn(argv)
-        except (ValueError, FileNotFoundError, DataError, CheckpointError, PromptError, TrainingError) as err:
-            print(f"gptjax: error: {err}", file=sys.stderr)
-            sys.exit(2)
-
-    return main
+            define(fv, argv)  # the config flag loads its default file here
+            fv(argv)  # ... or the --config file, and applies the --config.* overrides
+        except Exception as err:  # noqa: BLE001  (only bad input is turned into one line; the rest re-raised)
+            config_err = _config_error(err, argv)
+            if config_err is None:
+                raise
+            raise config_err from None
+        if fv["workdir"].value is None:
+            raise GptjaxError("--workdir: required")
+        logging.set_verbosity(logging.WARNING)  # absl/orbax INFO lines would drown the progress lines
+        _init_distributed(fv)
+        fn(fv)
+    except GptjaxError as err:
+        print(f"gptjax: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run():
-    argv = list(sys.argv)
-    if len(argv) < 2 or argv[1] not in COMMANDS:
-        print(USAGE, file=sys.stderr)
-        sys.exit(0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2)
-    command = argv.pop(1)
-    define, fn = _DISPATCH[command]
-    try:
-        define()  # the config flag loads the file and applies --config.* overrides here
-    except (AttributeError, KeyError, TypeError, ValueError, FileNotFoundError) as err:
-        print(f"gptjax: error: {_describe_config_error(err, argv)}", file=sys.stderr)
-        sys.exit(2)
-    argv[0] = f"gptjax {command}"
-    if not any(a.startswith(("--verbosity", "-v")) for a in argv):
-        argv.append("--verbosity=-1")  # absl/orbax INFO lines would drown the progress lines
-    app.run(_guarded(fn), argv=argv, flags_parser=_parse_flags)
-
-
-def _describe_config_error(err, argv) -> str:
-    """One line for an override naming a key the config does not have (or a config file that fails)."""
-    text = str(err).encode().decode("unicode_escape")
-    key = re.search(r"'([^'\\]+)'", text)
-    hint = re.search(r'Did you mean "([^"]+)"', text)
-    for arg in argv:
-        name = arg.split("=")[0]
-        if key and name.startswith("--config.") and f".{key.group(1)}" in name + ".":
-            return f"{name}: no such key in the config" + (f" (did you mean {hint.group(1)}?)" if hint else "")
-    return f"--config: {text.strip().splitlines()[0]}"
-
-
-def _parse_flags(argv):
-    """absl's parser, with its errors (a wrong config key or type) turned into one line."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        if "Traceback" in str(err):  # a config file's get_config raised: its own message is the last line
-            flag = lines[0].split(":")[0].removeprefix("flag ")
-            lines = [f"{flag}: {lines[-1].split(': ', 1)[-1]}"]
-        print(f"gptjax: error: {' '.join(lines)}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main(sys.argv))
 
 
 if __name__ == "__main__":

@@ -1,23 +1,58 @@
 """Metric writers (JSONL, TensorBoard, console), throughput and MFU, and the loss-curve plot."""
 
 import json
+import math
 import os
-import time
+import re
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-# Dense peak FLOP/s per chip by device kind (bf16), for MFU on accelerators.
-_PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "NVIDIA A100": 312e12,
-    "NVIDIA H100": 989e12,
+LN2 = math.log(2)
+
+# Stated dense peak FLOP/s per chip, by device kind and compute dtype (vendor datasheets). On TPUs an fp32 matmul
+# runs at default precision as one bf16 pass, so fp32 is listed at the bf16 rate (MaxText does the same). GPU fp32
+# is plain fp32, not TF32. MFU is always against these numbers, never a measurement.
+PEAK_FLOPS = {
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},  # v5e
+    "TPU v5e": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12},
+    "TPU v5": {"bfloat16": 459e12, "float32": 459e12},  # v5p reports "TPU v5"
+    "TPU v6 lite": {"bfloat16": 918e12, "float32": 918e12},  # Trillium
+    "NVIDIA A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 19.5e12},
+    "NVIDIA H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},  # SXM
+    "NVIDIA H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
 }
+
+
+def cpu_peak_flops() -> float:
+    """The stated fp32 peak of the cores this process may use: cores x nominal GHz x FLOPs per cycle (two FMA
+    units x 16 fp32 lanes x 2 with AVX-512, 32 with AVX2+FMA, else 8). Nothing is timed, so a busy machine
+    does not move it. XLA:CPU converts bf16 matmuls to fp32, so this is the peak for every dtype."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ghz, flags = 2.0, set()
+    try:
+        info = open("/proc/cpuinfo").read()
+        nominal = re.search(r"model name\s*:.*@\s*([\d.]+)GHz", info)
+        current = re.search(r"cpu MHz\s*:\s*([\d.]+)", info)
+        ghz = float(nominal.group(1)) if nominal else float(current.group(1)) / 1000 if current else ghz
+        flags = set(re.search(r"flags\s*:(.*)", info).group(1).split())
+    except (OSError, AttributeError):
+        pass
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
+    return cores * ghz * 1e9 * per_cycle
+
+
+def peak_flops_per_device(dtype_name: str, device=None) -> float | None:
+    """The stated peak FLOP/s of one device for `dtype_name` compute: the table for accelerators; on CPU the
+    cores' peak shared among the virtual CPU devices; None for a kind the table lacks (MFU is then not logged)."""
+    device = device or jax.devices()[0]
+    for kind, by_dtype in PEAK_FLOPS.items():
+        if device.device_kind.startswith(kind):
+            return by_dtype.get(dtype_name, by_dtype["bfloat16"])
+    if device.platform == "cpu":
+        return cpu_peak_flops() / len(jax.devices("cpu"))
+    return None
 
 
 class MetricWriter:
@@ -52,35 +87,15 @@ class MetricWriter:
 
 def matmul_params(params) -> int:
     """Parameters that take part in matmuls: all but LayerNorm, biases and the position table."""
-    total = 0
-    for path, x in jax.tree_util.tree_leaves_with_path(params):
-        name = path[-1].key
-        if name.endswith("kernel") or name in ("wte", "lm_head"):
-            total += int(np.prod(x.shape))
-    return total
+    from gptjax.model import count_params
+
+    return count_params({jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(params)
+                         if path[-1].key.endswith("kernel") or path[-1].key in ("wte", "lm_head")})
 
 
 def flops_per_token(params, model_cfg, seq_len: int) -> float:
     """Training FLOPs per token: 6 per matmul parameter plus attention scores (PaLM appendix B)."""
     return 6.0 * matmul_params(params) + 12.0 * model_cfg.num_layers * seq_len * model_cfg.d_model
-
-
-def peak_flops_per_device(dtype_name: str) -> float:
-    """The peak FLOP/s of one device: a table for accelerators, measured with a jitted matmul on CPU."""
-    device = jax.devices()[0]
-    for kind, flops in _PEAK_FLOPS.items():
-        if device.device_kind.startswith(kind):
-            return flops
-    n = 2048  # large enough to reach the matmul peak; the best of a few repeats is steadier than the median
-    a = jnp.ones((n, n), dtype=jnp.dtype(dtype_name))
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / min(times)
 
 
 def plot_loss_curve(metrics_path: str, out_png: str) -> None:

@@ -64,17 +64,18 @@ class _Sampling(NamedTuple):
     done_B: jax.Array
     count_B: jax.Array  # tokens generated per row
     keys_B: jax.Array
-    step: jax.Array
+    step: jax.Array  # tokens generated in this window
+    base: jax.Array  # tokens generated before this window (the context slid): draws are keyed by base + step
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_new", "seed", "rules"))
-def _start(model, params, tokens_BxP, mask_BxP, *, num_new, seed, rules=()) -> _Sampling:
+def _start(model, params, tokens_BxP, mask_BxP, done_B, base, *, num_new, seed, rules=()) -> _Sampling:
     B = tokens_BxP.shape[0]
     with nn.logical_axis_rules(rules):
         dec = decoding.prefill(model, params, tokens_BxP, mask_BxP, tokens_BxP.shape[1] + num_new)
     keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), jnp.arange(B))
-    return _Sampling(dec, jnp.zeros((B, num_new), jnp.int32), jnp.zeros((B, num_new), jnp.float32),
-                     jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), keys_B, jnp.zeros((), jnp.int32))
+    return _Sampling(dec, jnp.zeros((B, num_new), jnp.int32), jnp.zeros((B, num_new), jnp.float32), done_B,
+                     jnp.zeros((B,), jnp.int32), keys_B, jnp.zeros((), jnp.int32), base)
 
 
 @functools.partial(
@@ -87,7 +88,7 @@ def _continue(model, params, s: _Sampling, stop_at, *, temperature, top_k, top_p
 
     def body(s: _Sampling) -> _Sampling:
         logits_BxV = s.dec.logits_BxV
-        keys_B = jax.vmap(jax.random.fold_in, (0, None))(s.keys_B, s.step)
+        keys_B = jax.vmap(jax.random.fold_in, (0, None))(s.keys_B, s.base + s.step)
         token_B = jnp.where(s.done_B, 0, sample_logits(keys_B, logits_BxV, temperature, top_k, top_p))
         tokens_BxN = jax.lax.dynamic_update_slice(s.tokens_BxN, token_B[:, None], (0, s.step))
         logprobs_BxN = s.logprobs_BxN
@@ -97,7 +98,7 @@ def _continue(model, params, s: _Sampling, stop_at, *, temperature, top_k, top_p
         count_B = s.count_B + ~s.done_B
         done_B = s.done_B | (token_B == eos_id) if eos_id is not None else s.done_B
         dec = decoding.step(model, params, s.dec, token_B)
-        return _Sampling(dec, tokens_BxN, logprobs_BxN, done_B, count_B, s.keys_B, s.step + 1)
+        return _Sampling(dec, tokens_BxN, logprobs_BxN, done_B, count_B, s.keys_B, s.step + 1, s.base)
 
     with nn.logical_axis_rules(rules):
         return jax.lax.while_loop(lambda s: (s.step < stop_at) & ~s.done_B.all(), body, s)
@@ -187,7 +188,7 @@ def generate(
     """
     check_options(temperature, top_k, top_p, beam_size, num_samples, stop_strings, tokenizer, on_text)
     ids = [tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
-    ids = decoding.fit_prompts(ids, max_new_tokens, model_cfg.max_len, truncate)
+    ids = decoding.fit_prompts(ids, max_new_tokens, model_cfg.max_len, truncate, slide=beam_size == 1)
     model = decoding.inference_model(model_cfg)
     text = _Text(tokenizer, stop_strings, eos_id) if tokenizer is not None else None
     rules = sharding.hashable_rules(rules)
@@ -197,68 +198,87 @@ def generate(
                          logprobs, mesh, rules)
         rows = [p for p in ids for _ in range(num_samples)]
         return _sample(model, params, rows, num_samples, max_new_tokens, (temperature, top_k, top_p), eos_id, text,
-                       seed, logprobs, on_text, chunk_size, mesh, rules)
+                       seed, logprobs, on_text, chunk_size, mesh, rules, model_cfg.max_len)
 
 
 def check_options(temperature=1.0, top_k=0, top_p=1.0, beam_size=1, num_samples=1, stop_strings=(),
                   tokenizer=None, on_text=None):
-    """Raises ValueError naming the first bad option (generate() calls it; callers may call it before loading)."""
+    """Raises PromptError naming the first bad option (generate() calls it; callers may call it before loading)."""
     if temperature < 0:
-        raise ValueError(f"temperature: must be >= 0, got {temperature}")
+        raise PromptError(f"temperature: must be >= 0, got {temperature}")
     if top_k < 0:
-        raise ValueError(f"top_k: must be >= 0 (0 keeps all tokens), got {top_k}")
+        raise PromptError(f"top_k: must be >= 0 (0 keeps all tokens), got {top_k}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p: must be in (0, 1], got {top_p}")
+        raise PromptError(f"top_p: must be in (0, 1], got {top_p}")
     if beam_size < 1 or num_samples < 1:
-        raise ValueError(f"beam_size and num_samples: must be >= 1, got {beam_size} and {num_samples}")
+        raise PromptError(f"beam_size and num_samples: must be >= 1, got {beam_size} and {num_samples}")
     if beam_size > 1 and num_samples > beam_size:
-        raise ValueError(f"num_samples: beam search returns at most beam_size={beam_size} beams, got {num_samples}")
+        raise PromptError(f"num_samples: beam search returns at most beam_size={beam_size} beams, got {num_samples}")
     if (stop_strings or on_text) and tokenizer is None:
-        raise ValueError("stop_strings and on_text: need the tokenizer")
+        raise PromptError("stop_strings and on_text: need the tokenizer")
 
 
 def _sample(model, params, rows, num_samples, N, sampler, eos_id, text, seed, logprobs, on_text, chunk_size, mesh,
-            rules) -> list[Completion]:
-    tokens_BxP, mask_BxP = decoding.left_pad(rows)
-    s = _start(model, params, _to_device(tokens_BxP, mesh), _to_device(mask_BxP, mesh), num_new=N, seed=seed,
-               rules=rules)
+            rules, max_len) -> list[Completion]:
+    """Samples N tokens per row in windows of the context: when a row reaches the end of the context, the last
+    3/4 of the context (prompt and text so far) is prefilled again and generation goes on, as nanoGPT's sampler
+    crops its input to the last block. Within a window every step attends to the whole cache."""
     temperature, top_k, top_p = sampler
     streaming = text is not None and (on_text is not None or text.stops)
-    chunk = chunk_size or (16 if streaming else N)
     B = len(rows)
+    keep = max_len - max(1, max_len // 4)  # context kept when the window slides
+    seqs = [np.zeros(0, np.int32)] * B  # tokens generated so far, per row
+    seq_lps = [np.zeros(0, np.float32)] * B
     stopped = [None] * B  # (tokens kept, text) of rows ended by a stop string
     shown = [0] * B
-    step = 0
+    done = np.zeros(B, bool)
+    prompts, produced = rows, 0
     while True:
-        s = _continue(model, params, s, min(step + chunk, N), temperature=float(temperature), top_k=int(top_k),
-                      top_p=float(top_p), eos_id=eos_id, logprobs=logprobs, rules=rules)
-        tokens, counts, done = _to_host(s.tokens_BxN), _to_host(s.count_B), _to_host(s.done_B)
-        step = int(_to_host(s.step))
-        finished = done | (step >= N)
-        if streaming:
-            for r in range(B):
-                if stopped[r] is None and text.stops:
-                    stopped[r] = text.first_stop(tokens[r, : counts[r]], max(0, counts[r] - chunk))
-                    if stopped[r] is not None:
-                        finished[r] = True
-                if on_text is not None:
-                    now = stopped[r][1] if stopped[r] else text.ready(text.decode(tokens[r, : counts[r]]), finished[r])
-                    if len(now) > shown[r]:
-                        on_text(r, now[shown[r]:])
-                        shown[r] = len(now)
-            if any(stopped) and not done.all():
-                newly = np.array([x is not None for x in stopped])
-                s = s._replace(done_B=_to_device(done | newly, mesh) if mesh is not None else s.done_B | newly)
+        tokens_BxP, mask_BxP = decoding.left_pad(prompts)
+        n_new = min(N - produced, max_len - tokens_BxP.shape[1])
+        s = _start(model, params, _to_device(tokens_BxP, mesh), _to_device(mask_BxP, mesh), _to_device(done, mesh),
+                   jnp.int32(produced), num_new=n_new, seed=seed, rules=rules)
+        chunk = chunk_size or (16 if streaming else n_new)
+        step = 0
+        while True:
+            s = _continue(model, params, s, min(step + chunk, n_new), temperature=float(temperature),
+                          top_k=int(top_k), top_p=float(top_p), eos_id=eos_id, logprobs=logprobs, rules=rules)
+            tokens, counts, done_now = _to_host(s.tokens_BxN), _to_host(s.count_B), _to_host(s.done_B)
+            step = int(_to_host(s.step))
+            ids = [np.concatenate([seqs[r], tokens[r, : counts[r]]]) for r in range(B)]
+            finished = done_now | (produced + step >= N)
+            if streaming:
+                for r in range(B):
+                    if stopped[r] is None and text.stops:
+                        stopped[r] = text.first_stop(ids[r], max(0, len(ids[r]) - chunk))
+                        if stopped[r] is not None:
+                            finished[r] = True
+                    if on_text is not None:
+                        now = stopped[r][1] if stopped[r] else text.ready(text.decode(ids[r]), finished[r])
+                        if len(now) > shown[r]:
+                            on_text(r, now[shown[r]:])
+                            shown[r] = len(now)
+                if any(stopped) and not done_now.all():
+                    newly = np.array([x is not None for x in stopped])
+                    s = s._replace(done_B=_to_device(done_now | newly, mesh) if mesh is not None
+                                   else s.done_B | newly)
+            if finished.all() or step >= n_new:
+                break
+        if logprobs:
+            lps = _to_host(s.logprobs_BxN)
+            seq_lps = [np.concatenate([seq_lps[r], lps[r, : counts[r]]]) for r in range(B)]
+        seqs, produced = ids, produced + step
+        done = done_now | np.array([x is not None for x in stopped])
         if finished.all():
             break
-    lps = _to_host(s.logprobs_BxN) if logprobs else None
+        prompts = [(list(rows[r]) + list(seqs[r]))[-keep:] for r in range(B)]
     out = []
     for r in range(B):
-        n = stopped[r][0] if stopped[r] else int(counts[r])
-        toks = tokens[r, :n]
+        n = stopped[r][0] if stopped[r] else len(seqs[r])
+        toks = seqs[r][:n]
         reason = "stop" if stopped[r] else ("eos" if eos_id is not None and n and toks[-1] == eos_id else "length")
         row_text = None if text is None else (stopped[r][1] if stopped[r] else text.decode(toks))
-        out.append(Completion(r // num_samples, toks, row_text, reason, None if lps is None else lps[r, :n]))
+        out.append(Completion(r // num_samples, toks, row_text, reason, seq_lps[r][:n] if logprobs else None))
     return out
 
 

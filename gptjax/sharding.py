@@ -4,10 +4,9 @@ import math
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gptjax.configs import ConfigError
+from gptjax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -78,6 +77,18 @@ def logical_shardings(abstract_boxed_tree, mesh: Mesh, rules):
     )
 
 
-def host_local_to_global(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
-    """This process's rows of the batch -> one global array sharded over (data, fsdp)."""
-    return jax.make_array_from_process_local_data(batch_sharding(mesh, local_batch.ndim), local_batch)
+def abstract_state(init_fn, mesh: Mesh, rules):
+    """(abstract tree, shardings) of what `init_fn()` returns, without allocating it: leaves are ShapeDtypeStructs
+    that carry their NamedSharding, ready for orbax restores and jit out_shardings (nanodo, maxtext)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(hashable_rules(rules)):
+        boxed = jax.eval_shape(init_fn)
+        shardings = logical_shardings(boxed, mesh, hashable_rules(rules))
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unbox_abstract(boxed),
+                            shardings)
+    return abstract, shardings
+
+
+def host_local_to_global(local_batch, mesh: Mesh):
+    """This process's rows of the batch (an array or a dict of arrays) -> global arrays sharded over (data, fsdp)."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x), local_batch)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from gptjax.errors import DataError  # noqa: F401  (part of this module's API)
+from gptjax.files import atomic_write
 
 MANIFEST = "tokenizer.json"
 _SPM_MAX_LINES = 200_000  # lines given to the sentencepiece trainer: all of Shakespeare (189k), ~1 s for BPE
@@ -54,7 +55,7 @@ class CharTokenizer(Tokenizer):
         ids = np.minimum(np.searchsorted(self._codes, codes), self.vocab_size - 1)
         unknown = codes[self._codes[ids] != codes]
         if unknown.size:
-            raise ValueError(f"character {chr(unknown[0])!r} is not in the {self.vocab_size}-character vocabulary")
+            raise DataError(f"character {chr(unknown[0])!r} is not in the {self.vocab_size}-character vocabulary")
         return ids.tolist()
 
     def decode(self, ids) -> str:
@@ -148,10 +149,7 @@ def _train_sentencepiece(data_cfg, texts: Iterable[str]) -> bytes:
 
 
 def _write(path: pathlib.Path, data: bytes) -> None:
-    """Atomic write, so processes building the same tokenizer at once never read a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(data))  # processes building the same tokenizer never read a partial file
 
 
 def build_tokenizer(data_cfg, workdir: str, train_texts: Callable[[], Iterable[str]]) -> Tokenizer:

@@ -18,18 +18,20 @@ def load_config(workdir: str):
     return config, ModelConfig.from_config(config.model), tokenizer.load_tokenizer(workdir)
 
 
-def load(workdir: str):
-    """(config, model_cfg, params, tokenizer) of the latest checkpoint in `workdir`, params on this run's mesh."""
+def load(workdir: str, mesh=None):
+    """(config, model_cfg, params, tokenizer) of the latest checkpoint in `workdir`, params sharded on `mesh` (by
+    default all devices on the data axis, which replicates them) with the run's logical-axis rules."""
     config, model_cfg, tok = load_config(workdir)
-    mesh = sharding.make_mesh((-1, 1, 1))
-    rules = tuple(tuple(r) for r in config.mesh.logical_axis_rules)
+    return config, model_cfg, load_params(workdir, config, model_cfg, mesh), tok
+
+
+def load_params(workdir: str, config, model_cfg: ModelConfig, mesh=None):
+    mesh = mesh if mesh is not None else sharding.make_mesh((-1, 1, 1))
     model = GPT(model_cfg)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
-    shardings = sharding.logical_shardings(boxed, mesh, rules)
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), sharding.unbox_abstract(boxed), shardings
-    )
-    return config, model_cfg, checkpoint.load_params(workdir, abstract), tok
+    abstract, _ = sharding.abstract_state(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"], mesh,
+        config.mesh.logical_axis_rules)
+    return checkpoint.load_params(workdir, abstract)
 
 
 def sample_from_workdir(workdir: str, prompt: str, *, stream: bool = True, truncate: str = "error",
@@ -40,10 +42,11 @@ def sample_from_workdir(workdir: str, prompt: str, *, stream: bool = True, trunc
     sampling.check_options(**{k: v for k, v in options.items() if k in ("temperature", "top_k", "top_p", "beam_size",
                                                                          "num_samples")})
     max_new = options.get("max_new_tokens", 100)
-    prompt_ids = decoding.fit_prompts([tok.encode(prompt)], max_new, model_cfg.max_len, truncate)[0]
+    beam = options.get("beam_size", 1) > 1
+    prompt_ids = decoding.fit_prompts([tok.encode(prompt)], max_new, model_cfg.max_len, truncate, slide=not beam)[0]
     shown = tok.decode(prompt_ids)  # the prompt as the model sees it (its end, if truncated)
-    _, _, params, _ = load(workdir)
-    live = stream and options.get("beam_size", 1) == 1
+    params = load_params(workdir, config, model_cfg)
+    live = stream and not beam
     if live:
         print(shown, end="", flush=True)
     completions = sampling.generate(

@@ -72,28 +72,85 @@ def test_sample_beam_search_stop_strings_and_left_truncation(trained):
     long = "ROMEO: " * 20  # 140 characters; the context is 64
     kept = gptjax(*base, f"--prompt={long}", "--truncate=left", "--temperature=0")
     assert kept.returncode == 0, kept.stderr[-2000:]
-    assert kept.stdout.startswith(long[-(64 - 24):])
+    assert kept.stdout.startswith(long[-63:])  # sampling keeps room for one new token, then slides
 
 
-def test_sample_errors(trained, tmp_path):
+@pytest.mark.slow
+def test_char_run_samples_past_its_context_with_the_default_flags(trained):
+    """nanoGPT's baby run has a context of 64; `gptjax sample` writes its default 200 tokens by sliding the window."""
     workdir, _ = trained
-    one_line_error(gptjax("sample", f"--workdir={workdir}", "--prompt=" + "x" * 70, "--max_new_tokens=1"),
-                   "prompt: 70 tokens + max_new_tokens=1 exceed the model's context of 64 tokens")
-    one_line_error(gptjax("sample", f"--workdir={workdir}", "--prompt=hi", "--beam_size=2", "--num_samples=3",
-                          "--max_new_tokens=4"), "num_samples: beam search returns at most beam_size=2")
-    one_line_error(gptjax("sample", f"--workdir={workdir}", "--prompt=hi", "--top_p=0"), "top_p: must be in (0, 1]")
-    one_line_error(gptjax("sample", f"--workdir={tmp_path / 'nothing'}", "--prompt=hi"), "not a gptjax workdir")
-    one_line_error(gptjax("sample", f"--workdir={workdir}", f"--prompt_file={tmp_path / 'none.txt'}"),
-                   "--prompt_file: no such file")
+    out = gptjax("sample", f"--workdir={workdir}", "--prompt=ROMEO:")
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout.split("\n-----")[0]
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 200
 
 
-def test_train_data_errors(tmp_path):
+@pytest.fixture(scope="module")
+def char_workdir(corpus_file, tmp_path_factory):
+    """An untrained char-level workdir (config, tokenizer, params): enough for every sampling error."""
+    import importlib.util
+
+    import jax
+
+    from gptjax import checkpoint, configs, data, sharding, train
+
+    workdir = str(tmp_path_factory.mktemp("char") / "run")
+    spec = importlib.util.spec_from_file_location("char", f"{ROOT}/experiments/pretrain/shakespeare_char.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.data.path = corpus_file
+    config = configs.finalize(config)
+    tok = data.make_pipeline(config, workdir).tokenizer
+    with config.unlocked():
+        config.model.vocab_size = tok.vocab_size
+    checkpoint.write_config(workdir, config)
+    params = train.lm_trainer(config, sharding.make_mesh((1, 1, 1), jax.devices()[:1])).init_state(0).params
+    checkpoint.save_params(workdir, params)
+    return workdir
+
+
+def in_process(capsys, *args):
+    from gptjax import main
+
+    status = main.main(["gptjax", *args])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def one_line(capsys, message, *args):
+    status, _, err = in_process(capsys, *args)
+    assert status == 2 and err.startswith("gptjax: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+
+
+def test_sample_errors(char_workdir, capsys, tmp_path):
+    workdir = char_workdir
+    one_line(capsys, "prompt: 70 tokens leaves no room for a new token in the model's context of 64 tokens",
+             "sample", f"--workdir={workdir}", "--prompt=" + "x" * 70, "--max_new_tokens=1")
+    one_line(capsys, "prompt: 60 tokens + max_new_tokens=8 exceed the model's context of 64 tokens",
+             "sample", f"--workdir={workdir}", "--prompt=" + "x" * 60, "--max_new_tokens=8", "--beam_size=2")
+    one_line(capsys, "num_samples: beam search returns at most beam_size=2", "sample", f"--workdir={workdir}",
+             "--prompt=hi", "--beam_size=2", "--num_samples=3", "--max_new_tokens=4")
+    one_line(capsys, "top_p: must be in (0, 1]", "sample", f"--workdir={workdir}", "--prompt=hi", "--top_p=0")
+    one_line(capsys, "not a gptjax workdir", "sample", f"--workdir={tmp_path / 'nothing'}", "--prompt=hi")
+    one_line(capsys, "--prompt_file: no such file", "sample", f"--workdir={workdir}",
+             f"--prompt_file={tmp_path / 'none.txt'}")
+    one_line(capsys, "give exactly one of --prompt and --prompt_file", "sample", f"--workdir={workdir}")
+    one_line(capsys, "not in the", "sample", f"--workdir={workdir}", "--prompt=\u2603")
+    status, out, _ = in_process(capsys, "sample", f"--workdir={workdir}", "--prompt=ROMEO:", "--max_new_tokens=100",
+                                "--temperature=0")  # past the 64-token context: the window slides
+    assert status == 0 and len(out.split("\n-----")[0]) == len("ROMEO:") + 100
+
+
+def test_train_data_errors(capsys, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     base = ["train", f"--workdir={tmp_path / 'run'}", f"--config={ROOT}/experiments/pretrain/shakespeare_char.py",
             "--config.mesh.shape=(2,2,2)"]
-    one_line_error(gptjax(*base, f"--config.data.path={tmp_path / 'missing.txt'}"), "data.path: no such file")
-    one_line_error(gptjax(*base, f"--config.data.path={empty}"), "data.path")
+    one_line(capsys, "data.path: no such file", *base, f"--config.data.path={tmp_path / 'missing.txt'}")
+    one_line(capsys, "data.path", *base, f"--config.data.path={empty}")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.fixture(scope="module")

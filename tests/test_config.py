@@ -3,8 +3,6 @@
 import glob
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -12,6 +10,8 @@ from gptjax import configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "**", "*.py"), recursive=True))
+EVAL_EXPERIMENTS = [p for p in EXPERIMENTS if os.sep + "eval" + os.sep in p]  # `gptjax eval` configs
+EXPERIMENTS = [p for p in EXPERIMENTS if p not in EVAL_EXPERIMENTS]  # `gptjax train` configs
 
 
 def load(path):
@@ -78,7 +78,8 @@ def test_gpt2_124m_recipe():
         ({"model.norm": "middle"}, "model.norm: 'middle' is not one of pre, post"),
         ({"data.source": "web"}, "data.source: 'web' is not one of"),
         ({"mesh.shape": (2, 2)}, "mesh.shape: (2, 2) is not three positive sizes"),
-        ({"model.preset": "gpt4"}, "model preset 'gpt4' is unknown"),
+        ({"model.preset": "gpt4"}, "model.preset: 'gpt4' is not one of"),
+        ({"model.attention_impl": "flash"}, "model.attention_impl: 'flash' is not one of auto, reference"),
     ],
 )
 def test_impossible_configs(overrides, message):
@@ -86,14 +87,17 @@ def test_impossible_configs(overrides, message):
     for key, value in overrides.items():
         section, leaf = key.split(".")
         c[section][leaf] = value
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(configs.ConfigError) as err:
         configs.finalize(c)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def gptjax(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "gptjax.main", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+def gptjax_in_process(capsys, *args):
+    """(exit status, stderr) of `gptjax ARGS` run in this process (main.main parses into its own FlagValues)."""
+    from gptjax import main
+
+    status = main.main(["gptjax", *args])
+    return status, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -105,11 +109,35 @@ def gptjax(*args, cwd=ROOT):
         (["--config=missing.py"], "--config: [Errno 2] No such file or directory: 'missing.py'"),
         (["--config=experiments/pretrain/gpt3.py:size=huge"], "size: 'huge' is not one of"),
         (["--config=experiments/pretrain/shakespeare_char.py"], "data.path: data.source=text needs a file path"),
+        (["--config=experiments/pretrain/shakespeare_char.py", "--config.model.num_layrs=3"],
+         "--config.model.num_layrs: no such key in the config (did you mean num_layers?)"),
+        (["--config=experiments/pretrain/shakespeare_char.py", "--config.train.steps=abc"], "--config.train.steps=abc"),
+        (["--config.model.attention_impl=cudnn", "--config.train.steps=1"], "cudnn needs an NVIDIA GPU"),
+        (["--nosuchflag=1"], "nosuchflag"),
     ],
 )
-def test_cli_config_errors_are_one_line(tmp_path, args, message):
-    out = gptjax("train", f"--workdir={tmp_path / 'run'}", *args)
-    assert out.returncode == 2
-    assert out.stderr.startswith("gptjax: error: ") and out.stderr.count("\n") == 1, out.stderr
-    assert message in out.stderr
+def test_cli_config_errors_are_one_line(capsys, tmp_path, args, message):
+    status, err = gptjax_in_process(capsys, "train", f"--workdir={tmp_path / 'run'}", *args)
+    assert status == 2
+    assert err.startswith("gptjax: error: ") and err.count("\n") == 1, err
+    assert message in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_experiment_reports_a_mistyped_key_in_one_line(capsys, tmp_path, experiment):
+    status, err = gptjax_in_process(capsys, "train", f"--workdir={tmp_path / 'run'}", f"--config={experiment}",
+                                    "--config.train.stpes=3")
+    assert status == 2 and err.count("\n") == 1, err
+    assert err.startswith("gptjax: error: --config.train.stpes: no such key in the config"), err
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+    """Only user errors become one line: an experiment file with a bug in it raises (here a NameError)."""
+    from gptjax import main
+
+    bad = tmp_path / "buggy.py"
+    bad.write_text("def get_config():\n    return undefined_name\n")
+    with pytest.raises(Exception) as err:
+        main.main(["gptjax", "train", f"--workdir={tmp_path / 'run'}", f"--config={bad}"])
+    assert "undefined_name" in str(err.value) or "undefined_name" in repr(err.value.__context__)

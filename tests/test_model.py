@@ -23,7 +23,8 @@ def tokens(B=2, T=12, V=61, seed=1):
     return jax.random.randint(jax.random.key(seed), (B, T), 0, V)
 
 
-@pytest.mark.parametrize("variant", [{}, {"norm": "post"}, {"pos_embedding": "sinusoidal"}, {"tie_embeddings": False},
+@pytest.mark.parametrize("variant", [{}, {"norm": "post", "final_norm": False}, {"final_norm": False},
+                                     {"activation": "relu", "scale_residual_init": False}, {"pos_embedding": "sinusoidal"}, {"tie_embeddings": False},
                                      {"use_bias": False}, {"d_ff": 48}])
 def test_output_shape_and_finite(variant):
     cfg = dataclasses.replace(TINY, **variant)
@@ -33,7 +34,7 @@ def test_output_shape_and_finite(variant):
     assert bool(jnp.isfinite(logits).all())
     assert ("lm_head" in params) == (not cfg.tie_embeddings)
     assert ("wpe" in params) == (cfg.pos_embedding == "learned")
-    assert ("ln_f" in params) == (cfg.norm == "pre")
+    assert ("ln_f" in params) == cfg.final_norm
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])

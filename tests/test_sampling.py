@@ -238,18 +238,52 @@ def test_end_token_ends_a_row(params):
 
 
 def test_prompt_errors_and_left_truncation(params):
-    with pytest.raises(decoding.PromptError, match="prompt: 70 tokens \\+ max_new_tokens=4 exceed the model's context of 64"):
-        sampling.generate(CFG, params, [[1] * 70], max_new_tokens=4)
+    with pytest.raises(decoding.PromptError, match="prompt: 64 tokens leaves no room for a new token in the model's "
+                                                   "context of 64"):
+        sampling.generate(CFG, params, [[1] * 64], max_new_tokens=4)
+    with pytest.raises(decoding.PromptError, match="prompt: 60 tokens \\+ max_new_tokens=8 exceed the model's context"):
+        sampling.generate(CFG, params, [[1] * 60], max_new_tokens=8, beam_size=2)  # beam search: the strict rule
     with pytest.raises(decoding.PromptError, match="prompt 1: empty"):
         sampling.generate(CFG, params, [[1], []], max_new_tokens=4)
-    with pytest.raises(ValueError, match="top_p: must be in"):
+    with pytest.raises(decoding.PromptError, match="top_p: must be in"):
         sampling.generate(CFG, params, [[1]], top_p=0.0)
-    with pytest.raises(ValueError, match="num_samples: beam search returns at most"):
+    with pytest.raises(decoding.PromptError, match="num_samples: beam search returns at most"):
         sampling.generate(CFG, params, [[1]], beam_size=2, num_samples=3)
     long = list(np.random.default_rng(0).integers(0, CFG.vocab_size, 100))
     cut = sampling.generate(CFG, params, [long], max_new_tokens=8, temperature=0.0, truncate="left")[0]
-    last = sampling.generate(CFG, params, [long[-56:]], max_new_tokens=8, temperature=0.0)[0]
+    last = sampling.generate(CFG, params, [long[-63:]], max_new_tokens=8, temperature=0.0)[0]
     np.testing.assert_array_equal(cut.tokens, last.tokens)
+
+
+def test_generation_slides_past_the_context():
+    """Past the context the window slides, as nanoGPT's sampler crops its input: when the (left-padded) batch fills
+    the context, every row keeps its last 3/4 of the context and goes on. Each greedy token is the argmax of the plain
+    forward pass over the window it was generated in, and its log-prob is that pass's."""
+    cfg = dataclasses.replace(CFG, max_len=24)
+    params = init(cfg)
+    keep = 24 - 24 // 4
+    prompts = [TOK.encode("ROMEO:"), TOK.encode("O")]
+    out = sampling.generate(cfg, params, prompts, max_new_tokens=50, temperature=0.0, logprobs=True)
+    assert all(len(c.tokens) == 50 and c.finish_reason == "length" for c in out)
+    seqs, starts = [list(p) for p in prompts], [0, 0]
+    padded = max(map(len, prompts))
+    generated = 0
+    for t in range(50):
+        if generated == cfg.max_len - padded:  # the batch's cache is full: slide every row
+            starts = [max(0, len(s) - keep) for s in seqs]
+            padded, generated = max(len(s) - st for s, st in zip(seqs, starts)), 0
+        for r, c in enumerate(out):
+            lp = full_log_probs(params, seqs[r][starts[r]:], cfg)[-1]
+            assert int(np.argmax(lp)) == c.tokens[t], (r, t)
+            np.testing.assert_allclose(c.logprobs[t], lp[c.tokens[t]], atol=1e-4)
+            seqs[r].append(int(c.tokens[t]))
+        generated += 1
+    assert starts[0] > 0 and starts[1] > 0  # it did slide
+    sampled = sampling.generate(cfg, params, prompts, max_new_tokens=50, temperature=1.0, seed=4)
+    again = sampling.generate(cfg, params, prompts, max_new_tokens=50, temperature=1.0, seed=4)
+    assert all(len(c.tokens) == 50 for c in sampled)
+    assert [c.tokens.tolist() for c in sampled] == [c.tokens.tolist() for c in again]
+    assert sampled[0].tokens[:19].tolist() != sampled[0].tokens[19:38].tolist()  # windows do not replay draws
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 4), (1, 8, 1), (4, 1, 2)])

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from gptjax import configs, sharding
-from gptjax.model import ModelConfig
-from gptjax.train import Trainer
+from gptjax.tasks import LanguageModeling
+from gptjax.train import lm_trainer
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 
@@ -25,13 +25,14 @@ def run(mesh_shape, accum=1, steps=3, scan=False):
     """Losses of `steps` train steps, and the gradients at the initial state."""
     c = tiny_config(mesh_shape, accum, scan)
     mesh = sharding.make_mesh(mesh_shape, jax.devices()[: int(np.prod(mesh_shape))])
-    trainer = Trainer(c, mesh, ModelConfig.from_config(c.model))
+    trainer = lm_trainer(c, mesh)
     state = trainer.init_state(seed=0)
     rng = np.random.default_rng(0)
-    batches = [rng.integers(0, 64, (16, 17)).astype(np.int32) for _ in range(steps)]
+    batches = [LanguageModeling.from_windows(rng.integers(0, 64, (16, 17)).astype(np.int32)) for _ in range(steps)]
     with trainer.context():
         batch0 = sharding.host_local_to_global(batches[0], mesh)
-        grads = jax.jit(jax.grad(trainer._loss))(state.params, batch0, jax.random.PRNGKey(3))
+        loss = lambda p, b, r: trainer.task.loss(trainer.model, p, b, r)[0]  # noqa: E731
+        grads = jax.jit(jax.grad(loss))(state.params, batch0, jax.random.PRNGKey(3))
         grads = jax.device_get(grads)
         losses = []
         for b in batches:
@@ -65,13 +66,13 @@ def test_gradient_accumulation_equals_full_batch():
         with c.unlocked():
             c.model.dropout = 0.0
         mesh = sharding.make_mesh((2, 2, 2))
-        trainer = Trainer(c, mesh, ModelConfig.from_config(c.model))
+        trainer = lm_trainer(c, mesh)
         state = trainer.init_state(0)
         rng = np.random.default_rng(0)
         out = []
         with trainer.context():
             for _ in range(3):
-                b = sharding.host_local_to_global(rng.integers(0, 64, (16, 17)).astype(np.int32), mesh)
+                b = sharding.host_local_to_global(LanguageModeling.from_windows(rng.integers(0, 64, (16, 17)).astype(np.int32)), mesh)
                 state, m = trainer.train_step(state, b)
                 out.append(float(m["train_loss"]))
         return np.array(out)

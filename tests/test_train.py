@@ -13,8 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from gptjax import checkpoint, configs, sharding, train
-from gptjax.model import ModelConfig
+from gptjax import checkpoint, configs, errors, sharding, tasks, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAR = os.path.join(ROOT, "experiments", "pretrain", "shakespeare_char.py")
@@ -86,11 +85,11 @@ def test_tiny_model_overfits_one_batch(corpus_file):
         c.model.vocab_size = len(chars)
     batch = np.stack([ids[i * 65:(i + 1) * 65] for i in range(12)])
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    trainer = train.Trainer(c, mesh, ModelConfig.from_config(c.model))
+    trainer = train.lm_trainer(c, mesh)
     state = trainer.init_state(0)
     with trainer.context():
         for _ in range(250):
-            state, out = trainer.train_step(state, sharding.host_local_to_global(batch, mesh))
+            state, out = trainer.train_step(state, sharding.host_local_to_global(tasks.LanguageModeling.from_windows(batch), mesh))
     assert float(out["train_loss"]) < 0.1
 
 
@@ -102,11 +101,12 @@ def test_restore_onto_a_different_mesh(corpus_file, tmp_path):
     for shape in ((8, 1, 1), (1, 2, 4)):
         with c.unlocked():
             c.mesh.shape = shape
-        trainers[shape] = train.Trainer(c, sharding.make_mesh(shape), ModelConfig.from_config(c.model))
+        trainers[shape] = train.lm_trainer(c, sharding.make_mesh(shape))
     src = trainers[(8, 1, 1)]
     state = src.init_state(0)
     with src.context():
-        state, _ = src.train_step(state, sharding.host_local_to_global(np.ones((16, 65), np.int32), src.mesh))
+        state, _ = src.train_step(state, sharding.host_local_to_global(
+            tasks.LanguageModeling.from_windows(np.ones((16, 65), np.int32)), src.mesh))
     mngr = checkpoint.manager(str(tmp_path), c.checkpoint)
     checkpoint.save(mngr, 1, state.params, state.train_item(), {"step": 1}, force=True)
     mngr.wait_until_finished()
@@ -211,7 +211,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(corpu
     c = char_config(corpus_file, steps=30, log_every_steps=5)
     c.checkpoint.update(every_steps=5, async_save=False)
     c.optim.update(lr=1e9, min_lr=1e9, warmup_steps=0, clip_norm=0.0)
-    with pytest.raises(train.TrainingError, match="became nan|became inf") as err:
+    with pytest.raises(errors.TrainingError, match="became nan|became inf") as err:
         train.train_and_evaluate(configs.finalize(c), str(tmp_path))
     assert "\n" not in str(err.value)
     step = checkpoint.latest_step(str(tmp_path))

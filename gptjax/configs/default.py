@@ -6,33 +6,19 @@ dict refuses unknown keys. `validate` checks what types cannot: a config that co
 
 import ml_collections
 
+from gptjax import kernels
 from gptjax.configs import presets
 from gptjax.errors import ConfigError
+from gptjax.model import model_config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
 
-    c.model = m = ml_collections.ConfigDict()
-    m.preset = ""  # one of configs.presets.PRESETS; sets the shape fields below
-    m.vocab_size = 0  # 0: take it from the tokenizer
-    m.num_layers = 4
-    m.d_model = 256
-    m.num_heads = 4
-    m.d_ff = 0  # 0: 4 * d_model
-    m.max_len = 256  # size of the position table
-    m.pos_embedding = "learned"  # learned | sinusoidal
-    m.norm = "pre"  # pre (GPT-2/3) | post (GPT-1)
-    m.tie_embeddings = True
-    m.use_bias = True
-    m.dropout = 0.0  # on embeddings, attention weights and residual branches (GPT-1/2 used 0.1)
-    m.layer_norm_eps = 1e-5
-    m.init_std = 0.02
-    m.param_dtype = "float32"
-    m.dtype = "float32"  # compute dtype: bfloat16 for mixed precision
-    m.scan_layers = False  # nn.scan over blocks: one compiled block, faster compiles for deep models
-    m.remat = "none"  # none | full: rematerialise each block in the backward pass
+    # Every model field and its default is listed, with its meaning, in gptjax/model.py::ModelConfig.
+    c.model = m = model_config_dict()
+    m.preset = ""  # one of configs.presets.PRESETS; sets the shape fields
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "shakespeare"  # shakespeare | text | tfds:NAME[/CONFIG]
@@ -130,6 +116,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f"{m.pos_embedding!r} is not one of learned, sinusoidal")
     need(m.norm in ("pre", "post"), "model.norm", f"{m.norm!r} is not one of pre, post")
     need(m.remat in ("none", "full"), "model.remat", f"{m.remat!r} is not one of none, full")
+    need(m.activation in ("gelu", "relu"), "model.activation", f"{m.activation!r} is not one of gelu, relu")
+    for key, allowed in (("attention_impl", kernels.ATTENTION_IMPLS), ("norm_impl", kernels.NORM_IMPLS),
+                         ("loss_impl", kernels.LOSS_IMPLS)):
+        need(m[key] in allowed, f"model.{key}", f"{m[key]!r} is not one of {', '.join(allowed)}")
     for key in ("param_dtype", "dtype"):
         need(m[key] in ("float32", "bfloat16", "float16", "float64"), f"model.{key}",
              f"{m[key]!r} is not a float dtype name")

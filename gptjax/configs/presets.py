@@ -4,6 +4,8 @@ GPT-1: Radford et al. 2018, section 4.1. GPT-2: Radford et al. 2019, table 2 (wi
 50257-token BPE vocabulary). GPT-3: Brown et al. 2020, table 2.1 (2048 context, same vocabulary as GPT-2).
 """
 
+from gptjax.errors import ConfigError
+
 # name: (num_layers, d_model, num_heads, max_len, vocab_size, norm)
 PRESETS = {
     "gpt1": (12, 768, 12, 512, 40478, "post"),
@@ -42,7 +44,7 @@ PAPER_PARAMS = {
 def apply_preset(model_cfg, name: str) -> None:
     """Sets the shape fields of `model_cfg` (a ConfigDict) from the preset `name`."""
     if name not in PRESETS:
-        raise ValueError(f"model preset {name!r} is unknown; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"model.preset: {name!r} is not one of {', '.join(PRESETS)}")
     layers, d_model, heads, max_len, vocab, norm = PRESETS[name]
     model_cfg.num_layers = layers
     model_cfg.d_model = d_model
@@ -50,3 +52,4 @@ def apply_preset(model_cfg, name: str) -> None:
     model_cfg.max_len = max_len
     model_cfg.vocab_size = vocab
     model_cfg.norm = norm
+    model_cfg.final_norm = norm == "pre"  # GPT-2 added the final LayerNorm; GPT-1 (post-LN) has none

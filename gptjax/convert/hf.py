@@ -20,6 +20,7 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from gptjax.errors import CheckpointError
 from gptjax.model import GPT, ModelConfig
 
 # gptjax path inside block h_i -> HF name inside transformer.h.{i}
@@ -85,7 +86,7 @@ def stack_layers(params: dict, num_layers: int) -> dict:
     """Non-scan layout (h_0 .. h_{L-1}) -> scan layout (params['h']['block'], leaves with a leading layer axis)."""
     layer_keys = {k for k in params if re.fullmatch(r"h_\d+", k)}
     if layer_keys != {f"h_{i}" for i in range(num_layers)}:
-        raise ValueError(f"params have layers {sorted(layer_keys)}, expected h_0 .. h_{num_layers - 1}")
+        raise CheckpointError(f"params have layers {sorted(layer_keys)}, expected h_0 .. h_{num_layers - 1}")
     blocks = [params[f"h_{i}"] for i in range(num_layers)]
     rest = {k: v for k, v in params.items() if k not in layer_keys}
     return {**rest, "h": {"block": jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *blocks)}}
@@ -96,7 +97,7 @@ def unstack_layers(params: dict, num_layers: int) -> dict:
     block = params["h"]["block"]
     depths = {x.shape[0] for x in jax.tree.leaves(block)}
     if depths != {num_layers}:
-        raise ValueError(f"scanned params have leading layer axes {sorted(depths)}, expected {num_layers}")
+        raise CheckpointError(f"scanned params have leading layer axes {sorted(depths)}, expected {num_layers}")
     rest = {k: v for k, v in params.items() if k != "h"}
     return {**rest, **{f"h_{i}": jax.tree.map(lambda x: np.asarray(x[i]), block) for i in range(num_layers)}}
 
@@ -111,7 +112,7 @@ def _read_config(hf_dir: str) -> dict:
     for field, (default, allowed) in _REQUIRED.items():
         value = hf.get(field, default)
         if value not in allowed:
-            raise ValueError(f"{path}: {field}={value!r} cannot be represented in gptjax (needs one of {allowed})")
+            raise CheckpointError(f"{path}: {field}={value!r} cannot be represented in gptjax (needs one of {allowed})")
     return hf
 
 
@@ -145,9 +146,9 @@ def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     else:
         for name in ("pytorch_model.bin", "pytorch_model.bin.index.json"):
             if os.path.exists(os.path.join(hf_dir, name)):
-                raise ValueError(f"{os.path.join(hf_dir, name)}: pickled PyTorch checkpoints are not loaded "
+                raise CheckpointError(f"{os.path.join(hf_dir, name)}: pickled PyTorch checkpoints are not loaded "
                                  "(unpickling can run code); convert it to safetensors (model.safetensors) first")
-        raise FileNotFoundError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
+        raise CheckpointError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
     tensors = {}
     for file in files:
         with safe_open(file, framework="numpy") as f:
@@ -170,18 +171,18 @@ def load_hf_gpt2(hf_dir: str) -> tuple[dict, dict]:
     for path, shape in _param_shapes(ModelConfig(**overrides)).items():
         name = names[path]
         if name not in tensors:
-            raise ValueError(f"{hf_dir}: tensor {_PREFIX}{name} is missing")
+            raise CheckpointError(f"{hf_dir}: tensor {_PREFIX}{name} is missing")
         x = tensors.pop(name)
         if x.shape != _hf_shape(path, shape):
-            raise ValueError(f"{hf_dir}: {_PREFIX}{name} has shape {x.shape}, config.json implies "
+            raise CheckpointError(f"{hf_dir}: {_PREFIX}{name} has shape {x.shape}, config.json implies "
                              f"{_hf_shape(path, shape)}")
         flat[path] = np.asarray(x, np.float32).reshape(shape)
     head = tensors.pop("lm_head.weight", None)
     if head is not None and not np.array_equal(np.asarray(head, np.float32), flat[("wte",)]):
-        raise ValueError(f"{hf_dir}: lm_head.weight differs from {_PREFIX}wte.weight; gptjax ties them")
+        raise CheckpointError(f"{hf_dir}: lm_head.weight differs from {_PREFIX}wte.weight; gptjax ties them")
     unexpected = sorted(k for k in tensors if not _IGNORED.fullmatch(k))
     if unexpected:
-        raise ValueError(f"{hf_dir}: unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(f"{hf_dir}: unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
     return overrides, traverse_util.unflatten_dict(flat)
 
 
@@ -196,14 +197,14 @@ def save_hf_gpt2(params: dict, model_cfg: ModelConfig, out_dir: str, extra_confi
     for ok, field in ((c.norm == "pre", "norm"), (c.pos_embedding == "learned", "pos_embedding"),
                       (c.tie_embeddings, "tie_embeddings"), (c.use_bias, "use_bias")):
         if not ok:
-            raise ValueError(f"model.{field}={getattr(c, field)!r} cannot be represented by HF GPT-2")
+            raise CheckpointError(f"model.{field}={getattr(c, field)!r} cannot be represented by HF GPT-2")
     params = nn.unbox(params)
     if "h" in params:
         params = unstack_layers(params, c.num_layers)
     flat = traverse_util.flatten_dict(params)
     names = _hf_names(c.num_layers)
     if set(flat) != set(names):
-        raise ValueError(f"params do not match model_cfg: differing paths {sorted(set(flat) ^ set(names))[:5]}")
+        raise CheckpointError(f"params do not match model_cfg: differing paths {sorted(set(flat) ^ set(names))[:5]}")
     tensors = {_PREFIX + names[p]: np.ascontiguousarray(np.asarray(x, np.float32).reshape(_hf_shape(p, x.shape)))
                for p, x in flat.items()}
     hf = dict(
