@@ -173,3 +173,20 @@ def test_k_larger_than_demonstrations():
     task = tasks.get(spec("copa"))
     with pytest.raises(DataError, match="task copa.*3-shot needs 3 demonstrations, but the demonstration split has 2"):
         task.prefix(0, 3, 0)
+
+
+EVAL_CONFIGS = sorted(p for p in __import__("glob").glob(os.path.join(os.path.dirname(DATA), "..", "..",
+                                                                       "experiments", "eval", "*.py")))
+
+
+@pytest.mark.parametrize("path", EVAL_CONFIGS, ids=os.path.basename)
+def test_eval_configs_name_known_tasks(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert config.tasks and config.shots and config.seeds
+    assert all(tasks.parse(t)[0] in tasks.NAMES for t in config.tasks)
+    assert set(config) == {"tasks", "shots", "seeds", "limit", "tokens_per_batch", "workdirs"}
