@@ -89,8 +89,11 @@ def matmul_params(params) -> int:
     """Parameters that take part in matmuls: all but LayerNorm, biases and the position table."""
     from gptjax.model import count_params
 
+    def name(path):  # the last dict key (boxed params end in the box's `value` attribute)
+        return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
+
     return count_params({jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(params)
-                         if path[-1].key.endswith("kernel") or path[-1].key in ("wte", "lm_head")})
+                         if name(path).endswith("kernel") or name(path) in ("wte", "lm_head")})
 
 
 def flops_per_token(params, model_cfg, seq_len: int) -> float:
