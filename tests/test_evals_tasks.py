@@ -190,3 +190,28 @@ def test_eval_configs_name_known_tasks(path):
     assert config.tasks and config.shots and config.seeds
     assert all(tasks.parse(t)[0] in tasks.NAMES for t in config.tasks)
     assert set(config) == {"tasks", "shots", "seeds", "limit", "tokens_per_batch", "workdirs"}
+
+
+def test_benchmark_reads_tfds_records(monkeypatch):
+    """Without path=, a benchmark reads TFDS records (bytes, numpy arrays) through tfds.data_source; the feature
+    names are TFDS's (hellaswag's `context`, boolq's 0/1 `label`)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    seen = []
+    records = {
+        "hellaswag": [{"activity_label": b"Baking", "context": b"A woman pours flour. she",
+                       "endings": np.array([b"stirs it.", b"flies away.", b"sings.", b"sleeps."], dtype=object),
+                       "label": np.int64(0)}],
+        "super_glue/boolq": [{"question": b"is the sky blue", "passage": b"The sky is blue.", "label": np.int64(1)},
+                             {"question": b"is snow hot", "passage": b"Snow is cold.", "label": np.int64(0)}],
+    }
+
+    def data_source(name, split, data_dir=None):
+        seen.append((name, split))
+        return records[name]
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    hs = benchmarks.benchmark("hellaswag")
+    assert hs.examples[0].query == "Baking: A woman pours flour. she" and hs.examples[0].choices[0] == "stirs it."
+    assert ("hellaswag", "validation") in seen and ("hellaswag", "train") in seen
+    bq = benchmarks.benchmark("boolq", split="validation[:2]")
+    assert [e.target for e in bq.examples] == [1, 0] and bq.examples[0].query.startswith("The sky is blue.\nQuestion")

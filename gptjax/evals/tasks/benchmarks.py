@@ -101,7 +101,7 @@ def _decode(x):
 
 # TFDS feature names -> the release format's fields, where they differ.
 def _from_tfds(name: str, r: dict) -> dict:
-    if name == "hellaswag":
+    if name == "hellaswag":  # TFDS keeps only the joined context: lm-eval's capitalised ctx_b is not recoverable
         return {"ctx_a": r["context"], "ctx_b": "", "activity_label": r["activity_label"], "endings": r["endings"],
                 "label": r["label"]}
     if name.startswith("arc_"):
