@@ -46,6 +46,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if config.train.init_from:
         adopt_init_from(config, workdir)
     kernels.check_platform(config.model.attention_impl)
+    if config.eval.tasks:  # an unknown task name stops here, before any work
+        from gptjax.evals import tasks as eval_tasks
+
+        for name in config.eval.tasks:
+            eval_tasks.get(name)
     mesh = sharding.make_mesh(config.mesh.shape)
     check_batch_sizes(config, mesh)
     pipeline = data.make_pipeline(config, workdir)
@@ -86,6 +91,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
         trainer.EvalHook(config.eval.every_steps, validate),
         trainer.CheckpointHook(config.checkpoint.every_steps, mngr, pipeline.state, workdir),
     ]
+    if config.eval.tasks:
+        from gptjax.evals import hook
+
+        def icl(loop):
+            return hook.evaluate_in_training(
+                list(config.eval.tasks), list(config.eval.tasks_shots), config.eval.tasks_limit, model_cfg,
+                loop.state.params, pipeline.tokenizer, mesh=mesh, rules=config.mesh.logical_axis_rules,
+                seed=config.seed)
+
+        hooks.insert(2, trainer.EvalHook(config.eval.tasks_every_steps or config.eval.every_steps, icl))
     writer = metrics.MetricWriter(workdir)
     try:
         loop = trainer.run_loop(run, state, start, config.train.steps,

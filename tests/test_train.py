@@ -219,3 +219,25 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(corpu
         with ocp.CheckpointManager(str(tmp_path / "checkpoints")) as mngr:
             params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore())).params
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.slow
+def test_in_context_tasks_run_inside_training(corpus_file, tmp_path):
+    """eval.tasks: the ICL evaluator runs every tasks_every_steps steps on the params in memory, logged with the
+    other metrics; an unknown task stops the run before any work."""
+    c = configs.get_config()  # sentencepiece with byte fallback: it encodes any task's text
+    c.model.update(num_layers=1, d_model=64, num_heads=2)
+    c.train.update(steps=4, log_every_steps=2, batch_size=8)
+    c.data.update(vocab_size=512, seq_len=64)
+    c.eval.update(every_steps=4, steps=1, tasks=("reversed_words",), tasks_shots=(0, 1), tasks_limit=4,
+                  tasks_every_steps=2)
+    train.train_and_evaluate(configs.finalize(c), str(tmp_path / "run"))
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    icl = {r["step"]: r for r in rows if any(k.startswith("icl/reversed_words/") for k in r)}
+    assert sorted(icl) == [2, 4]
+    assert {"icl/reversed_words/0shot_acc", "icl/reversed_words/1shot_acc", "icl/reversed_words/1shot_perplexity"} <= set(icl[4])
+    bad = char_config(corpus_file, steps=4)
+    bad.eval.tasks = ("no_such_task",)
+    with pytest.raises(errors.GptjaxError, match="unknown task 'no_such_task'"):
+        train.train_and_evaluate(configs.finalize(bad), str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()

@@ -9,7 +9,7 @@ import ml_collections
 from gptjax import kernels
 from gptjax.configs import presets
 from gptjax.errors import ConfigError
-from gptjax.model import model_config_dict
+from gptjax.model import REMAT_POLICIES, model_config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -57,6 +57,12 @@ def get_config() -> ml_collections.ConfigDict:
     e.every_steps = 200
     e.steps = 20
     e.batch_size = 0  # 0: train.batch_size
+    # In-context evaluation during training (gptjax/evals): task specs, each at every K in tasks_shots, on
+    # tasks_limit examples, every tasks_every_steps steps (0: eval.every_steps); logged as icl/<task>/<K>shot_<metric>.
+    e.tasks = ()
+    e.tasks_shots = (0, 1, 4)
+    e.tasks_limit = 100
+    e.tasks_every_steps = 0
 
     c.checkpoint = k = ml_collections.ConfigDict()
     k.every_steps = 500
@@ -115,7 +121,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(m.pos_embedding in ("learned", "sinusoidal"), "model.pos_embedding",
          f"{m.pos_embedding!r} is not one of learned, sinusoidal")
     need(m.norm in ("pre", "post"), "model.norm", f"{m.norm!r} is not one of pre, post")
-    need(m.remat in ("none", "full"), "model.remat", f"{m.remat!r} is not one of none, full")
+    need(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
     need(m.activation in ("gelu", "relu"), "model.activation", f"{m.activation!r} is not one of gelu, relu")
     for key, allowed in (("attention_impl", kernels.ATTENTION_IMPLS), ("norm_impl", kernels.NORM_IMPLS),
                          ("loss_impl", kernels.LOSS_IMPLS)):
