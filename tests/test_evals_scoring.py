@@ -128,3 +128,11 @@ def test_sharded_equals_one_device(tiny):
     assert sharded.rows_for(48) % 8 == 0 and sharded.forward_rows == len(reqs) - 1
     np.testing.assert_allclose([x for x, _ in got], [x for x, _ in one], rtol=1e-5, atol=1e-5)
     assert [g for _, g in got] == [g for _, g in one]
+
+
+def test_text_the_tokenizer_cannot_encode_is_a_data_error(tiny):
+    from gptjax.errors import DataError
+
+    cfg, params, tok = tiny
+    with pytest.raises(DataError, match="cannot encode the evaluation text: character 'W'"):
+        scoring.Scorer(cfg, params, tok).loglikelihood([("hello", " WORLD")])

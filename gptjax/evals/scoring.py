@@ -33,7 +33,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from gptjax import sharding
-from gptjax.errors import PromptError
+from gptjax.errors import DataError, PromptError
 from gptjax.model import GPT, ModelConfig
 
 MIN_BUCKET = 16
@@ -191,6 +191,12 @@ class Scorer:
 
     # --- text level (lm-eval's request types) ------------------------------------------------------------------
 
+    def encode(self, text: str) -> list[int]:
+        try:
+            return self.tokenizer.encode(text)
+        except ValueError as e:  # a character vocabulary meets a character it does not have
+            raise DataError(f"the model's tokenizer cannot encode the evaluation text: {e}") from e
+
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """lm-eval's `_encode_pair`: trailing spaces of the context go to the continuation; the continuation's
         tokens are what tokenizing the whole adds after the context's tokens."""
@@ -200,16 +206,16 @@ class Scorer:
         if not context:
             if self.prefix_token is None:
                 raise PromptError("empty context: this tokenizer has no end-of-text token to stand for it")
-            return [self.prefix_token], self.tokenizer.encode(continuation)
-        whole = self.tokenizer.encode(context + continuation)
-        ctx = self.tokenizer.encode(context)
+            return [self.prefix_token], self.encode(continuation)
+        whole = self.encode(context + continuation)
+        ctx = self.encode(context)
         return ctx, whole[len(ctx):]
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         return self.loglikelihood_tokens([self.encode_pair(c, x) for c, x in requests])
 
     def rolling_requests(self, text: str) -> list[tuple[list[int], list[int]]]:
-        tokens = self.tokenizer.encode(text)
+        tokens = self.encode(text)
         if self.prefix_token is not None:
             return rolling_windows(tokens, self.prefix_token, self.max_len)
         return rolling_windows(tokens[1:], tokens[0], self.max_len) if len(tokens) > 1 else []
@@ -239,7 +245,7 @@ class Scorer:
         bar = self._bar(sum(math.ceil(len(g) / rows) for g in groups.values()), "generate_until")
         for (stops, max_new), idx in groups.items():
             max_new = min(max_new, self.max_len - 1)
-            prompts = [self.tokenizer.encode(requests[i][0]) or ([self.prefix_token] if self.prefix_token is not None
+            prompts = [self.encode(requests[i][0]) or ([self.prefix_token] if self.prefix_token is not None
                                                                  else []) for i in idx]
             order = sorted(range(len(idx)), key=lambda j: len(prompts[j]))
             for s in range(0, len(order), rows):
