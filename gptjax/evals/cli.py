@@ -146,7 +146,10 @@ def plot_shots(results: dict, path: str) -> None:
 
 def _finish(ax, fig, path, title):
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("examples in context (K; 0 plotted at 0.5)")
+    ks = sorted({x for line in ax.get_lines() if line.get_marker() == "o" for x in line.get_xdata()})
+    ax.set_xticks(ks, [("0" if k < 1 else f"{k:g}") for k in ks])
+    ax.minorticks_off()
+    ax.set_xlabel("examples in context (K)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.set_title(title)
