@@ -31,25 +31,29 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os
                               "experiments", "eval", "synthetic.py")
 
 
-def define_flags() -> None:
-    """The eval command's flags (a flag another command already defined, such as --workdir, is kept)."""
+def define_flags(fv=None, argv=None) -> None:
+    """The eval command's flags on `fv` (default absl's FLAGS); `argv` is what --config's overrides are read from
+    (default sys.argv). A flag already defined on `fv` (--workdir, by the main CLI) is kept."""
     from ml_collections import config_flags
 
-    f = flags.FLAGS
-    if "workdir" not in f:
-        flags.DEFINE_string("workdir", None, "Workdir(s) to evaluate, comma-separated (default: the config's).")
-    if "config" not in f:
+    fv = flags.FLAGS if fv is None else fv
+    if "workdir" not in fv:
+        flags.DEFINE_string("workdir", None, "Workdir(s) to evaluate, comma-separated (default: the config's).",
+                            flag_values=fv)
+    if "config" not in fv:
+        kwargs = {} if argv is None else {"sys_argv": list(argv)}
         config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Evaluation config file, FILE[:ARG].",
-                                        lock_config=True)
-    if "output_dir" not in f:
+                                        lock_config=True, flag_values=fv, **kwargs)
+    if "output_dir" not in fv:
         flags.DEFINE_string("output_dir", None, "Where the comparison of several workdirs goes "
-                                                "(default: the first workdir's eval/).")
+                                                "(default: the first workdir's eval/).", flag_values=fv)
 
 
-def main(argv=()) -> dict:
-    """Runs the grid that the parsed flags describe; returns {workdir: results}."""
-    del argv
-    f = flags.FLAGS
+def main(f=None) -> dict:
+    """Runs the grid that the parsed flags describe (`f`: parsed FlagValues, default absl's FLAGS; an argv list,
+    as absl's app.run passes, also means FLAGS); returns {workdir: results}. `--workdir` takes comma-separated
+    workdirs; without it the config's `workdirs` are evaluated."""
+    f = f if isinstance(f, flags.FlagValues) else flags.FLAGS
     config = f.config
     workdirs = [w for w in (f.workdir or "").split(",") if w] or list(config.workdirs)
     if not workdirs:
@@ -231,7 +235,7 @@ def _cli():
 
     def _main(argv):
         try:
-            main(argv)
+            main()
         except GptjaxError as e:
             print(f"gptjax: error: {e}", file=sys.stderr)
             sys.exit(2)
