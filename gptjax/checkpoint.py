@@ -4,12 +4,11 @@ else scratch. A directory left half-written by a killed process (`N.orbax-checkp
 complete step, so it is skipped."""
 
 import json
-import os
 
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
 
+from gptjax import files
 from gptjax.errors import CheckpointError  # noqa: F401  (part of this module's API)
 
 CONFIG_FILE = "config.json"
@@ -26,7 +25,7 @@ def manager(workdir: str, ckpt_cfg=None, read_only: bool = False) -> ocp.Checkpo
         enable_async_checkpointing=bool(ckpt_cfg.async_save) if ckpt_cfg is not None else False,
         create=not read_only,
     )
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+    return ocp.CheckpointManager(files.path(workdir) / "checkpoints", options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params, train_state, data_state: dict, force: bool = False) -> bool:
@@ -71,7 +70,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_tr
 
 
 def latest_step(workdir: str) -> int | None:
-    path = epath.Path(os.path.abspath(workdir)) / "checkpoints"
+    path = files.path(workdir) / "checkpoints"
     if not path.exists():
         return None
     mngr = manager(workdir, read_only=True)
@@ -104,22 +103,20 @@ def _flatten(d, prefix=""):
 
 def write_config(workdir: str, config) -> None:
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        files.path(workdir).mkdir(parents=True, exist_ok=True)
+        files.write_text(files.path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def read_config(workdir: str) -> dict:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = files.path(workdir) / CONFIG_FILE
+    if not path.exists():
         raise CheckpointError(f"{workdir}: not a gptjax workdir (no {CONFIG_FILE})")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(path.read_text())
 
 
 def check_compatible(workdir: str, config) -> None:
     """Stops a run from resuming a workdir written by a different model (before any restore is attempted)."""
-    if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    if not (files.path(workdir) / CONFIG_FILE).exists():
         return
     from gptjax.model import model_config_dict
 

@@ -1,14 +1,180 @@
-"""Small file helpers shared by the data, tokenizer and checkpoint layers."""
+"""Every file gptjax reads or writes goes through here: `path()` gives an `etils.epath.Path` for a local path or a
+cloud URL (gs://, s3://, az://, hf://), the same path type orbax writes checkpoints with.
 
+A URL needs its fsspec filesystem package (gs:// needs gcsfs), and a workdir URL also needs what orbax needs to
+write checkpoints there: `check_url` says which in one line before any work starts. Any other `scheme://` is
+refused: epath would treat it as a local folder named `scheme:`.
+"""
+
+import importlib
+import importlib.util
+import io
 import os
-import pathlib
+import time
 from collections.abc import Callable
 
+from etils import epath
 
-def atomic_write(path: pathlib.Path, write: Callable) -> None:
-    """write(file) into a temporary file renamed to `path`: processes sharing a workdir never see partial files."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+from gptjax.errors import GptjaxError
+
+
+class FilesystemError(GptjaxError, ValueError):
+    """A path or URL gptjax cannot use: an unknown scheme or a filesystem package that is not installed."""
+
+
+# Scheme -> the (module, pip package) pairs that reading and writing files there needs: epath reaches these
+# URLs through fsspec, whose implementation for each scheme lives in its own package.
+PACKAGES = {
+    "gs": [("gcsfs", "gcsfs")],
+    "s3": [("s3fs", "s3fs")],
+    "az": [("adlfs", "adlfs")],
+    "hf": [("huggingface_hub", "huggingface_hub")],
+}
+# What a workdir URL needs on top: orbax writes arrays through TensorStore's own GCS driver and lists checkpoint
+# steps with the google-cloud-storage client. Orbax has no native driver for the other schemes.
+WORKDIR_PACKAGES = {"gs": [("google.cloud.storage", "google-cloud-storage")]}
+_FSSPEC_PROTOCOLS = {"gs": "gcs", "s3": "s3", "az": "az", "hf": "hf"}
+
+
+def scheme(p) -> str | None:
+    """The URL scheme of `p` ("gs" for gs://bucket/x), None for a local path."""
+    p = os.fspath(p)
+    return p.split("://", 1)[0] if "://" in p else None
+
+
+def is_local(p) -> bool:
+    return scheme(p) is None
+
+
+def path(p) -> epath.Path:
+    """`p` as an epath.Path: URLs as they are, local paths with ~ expanded and made absolute (orbax needs that)."""
+    if isinstance(p, epath.Path) and not is_local(p):
+        return p
+    return epath.Path(p) if not is_local(p) else epath.Path(os.path.abspath(os.path.expanduser(os.fspath(p))))
+
+
+def _missing(module: str, protocol: str | None) -> bool:
+    if protocol is not None:
+        import fsspec
+
+        if protocol in fsspec.registry:  # an implementation registered in this process (a test's fake bucket)
+            return False
+        if importlib.util.find_spec("tensorflow") is not None:
+            return False  # epath then reaches gs:// and s3:// through tf.io.gfile instead of fsspec
+    try:
+        importlib.import_module(module)
+        return False
+    except ImportError:
+        return True
+
+
+def check_url(p, key: str = "--workdir", workdir: bool = True) -> None:
+    """Raises one FilesystemError line if `p` is a URL gptjax cannot read or write here, naming what to install."""
+    s = scheme(p)
+    if s is None:
+        return
+    allowed = WORKDIR_PACKAGES if workdir else PACKAGES
+    if s not in allowed:
+        kinds = ", ".join(f"{k}://" for k in allowed)
+        raise FilesystemError(f"{key}={p}: {s}:// is not supported here (use a local path or {kinds})")
+    need = [(m, pkg, _FSSPEC_PROTOCOLS[s]) for m, pkg in PACKAGES[s]]
+    need += [(m, pkg, None) for m, pkg in WORKDIR_PACKAGES.get(s, [])] if workdir else []
+    missing = [pkg for m, pkg, protocol in need if _missing(m, protocol)]
+    if missing:
+        raise FilesystemError(f"{key}={p}: {s}:// needs the Python package{'s' * (len(missing) > 1)} "
+                              f"{' and '.join(missing)} (pip install {' '.join(missing)})")
+
+
+def atomic_write(p, write: Callable) -> None:
+    """write(file) so that readers never see a partial file: locally a temporary file renamed to `p`; on an object
+    store one upload, which becomes visible only when it completes."""
+    p = path(p)
+    if not is_local(p):
+        with p.open("wb") as f:
+            write(f)
+        return
+    tmp = p.with_name(f".{p.name}.{os.getpid()}")
     with open(tmp, "wb") as f:
         write(f)
-    os.replace(tmp, path)
+    os.replace(tmp, p)
+
+
+def write_text(p, text: str) -> None:
+    atomic_write(p, lambda f: f.write(text.encode("utf-8")))
+
+
+def copytree(src, dst) -> None:
+    """Copies directory `src` to `dst` (either may be a URL), file by file."""
+    src, dst = path(src), path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for child in src.iterdir():
+        if child.is_dir():
+            copytree(child, dst / child.name)
+        else:
+            atomic_write(dst / child.name, lambda f, c=child: f.write(c.read_bytes()))
+
+
+class AppendFile:
+    """A text file that grows line by line (metrics.jsonl). Locally an ordinary append; object stores cannot
+    append, so there the whole file (what was there when opened, plus the new lines) is uploaded again, at most
+    every `upload_every` seconds and on close."""
+
+    def __init__(self, p, upload_every: float = 10.0):
+        self.path = path(p)
+        self.local = is_local(self.path)
+        self.upload_every = upload_every
+        if self.local:
+            self._f = open(self.path, "a")
+        else:
+            self._buf = io.StringIO()
+            self._buf.write(self.path.read_text() if self.path.exists() else "")  # new lines go after it
+            self._uploaded = None  # monotonic time of the last upload
+
+    def write(self, text: str) -> None:
+        (self._f if self.local else self._buf).write(text)
+
+    def flush(self, force: bool = False) -> None:
+        if self.local:
+            self._f.flush()
+        elif force or self._uploaded is None or time.monotonic() - self._uploaded >= self.upload_every:
+            self.path.write_text(self._buf.getvalue())
+            self._uploaded = time.monotonic()
+
+    def close(self) -> None:
+        self.flush(force=True)
+        if self.local:
+            self._f.close()
+
+
+class _EpathRecordFile:
+    """A TensorBoard event file on an object store for tensorboardX: kept in memory, uploaded whole on flush."""
+
+    def __init__(self, p):
+        self.path, self.buffer = path(p), io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        self.path.write_bytes(self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _EpathRecordFactory:
+    def open(self, p):
+        return _EpathRecordFile(p)
+
+    def directory_check(self, p):
+        path(p).mkdir(parents=True, exist_ok=True)
+
+
+def tensorboard_writer(logdir):
+    """A tensorboardX SummaryWriter for `logdir`, local or a URL: URL event files go through epath like every
+    other file (tensorboardX's own gs:// writer would need google-cloud-storage and credentials of its own)."""
+    from tensorboardX import SummaryWriter, record_writer
+
+    for s in PACKAGES:
+        record_writer.register_writer_factory(s, _EpathRecordFactory())
+    return SummaryWriter(os.fspath(path(logdir)))

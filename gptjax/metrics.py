@@ -7,6 +7,8 @@ import re
 
 import jax
 
+from gptjax import files
+
 LN2 = math.log(2)
 
 # Stated dense peak FLOP/s per chip, by device kind and compute dtype (vendor datasheets). On TPUs an fp32 matmul
@@ -63,12 +65,10 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        from tensorboardX import SummaryWriter
-
-        os.makedirs(workdir, exist_ok=True)
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self._jsonl = open(self.path, "a")
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        files.path(workdir).mkdir(parents=True, exist_ok=True)
+        self.path = files.path(workdir) / "metrics.jsonl"
+        self._jsonl = files.AppendFile(self.path)
+        self._tb = files.tensorboard_writer(files.path(workdir) / "tensorboard")
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
@@ -107,7 +107,7 @@ def plot_loss_curve(metrics_path: str, out_png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(metrics_path)]
+    rows = [json.loads(line) for line in files.path(metrics_path).read_text().splitlines() if line.strip()]
     train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -120,5 +120,5 @@ def plot_loss_curve(metrics_path: str, out_png: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
+    files.atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)

@@ -9,12 +9,12 @@ import hashlib
 import io
 import json
 import os
-import pathlib
 from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from gptjax.errors import DataError  # noqa: F401  (part of this module's API)
+from gptjax import files
 from gptjax.files import atomic_write
 
 MANIFEST = "tokenizer.json"
@@ -107,17 +107,26 @@ def _read_hf(path: str):
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers
 
-    p = pathlib.Path(path).expanduser()
-    if p.is_dir() and (p / "tokenizer.json").is_file():
+    p = files.path(path)
+    if p.is_dir() and (p / "tokenizer.json").exists():
         p = p / "tokenizer.json"
-    if p.is_file():
-        return tokenizers.Tokenizer.from_file(str(p))
-    if (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
-        tok = tokenizers.Tokenizer(models.BPE.from_file(str(p / "vocab.json"), str(p / "merges.txt")))
+    if p.exists() and not p.is_dir():
+        return tokenizers.Tokenizer.from_str(p.read_text())
+    if (p / "vocab.json").exists() and (p / "merges.txt").exists():
+        vocab, merges = models.BPE.read_file(os.fspath(p / "vocab.json"), os.fspath(p / "merges.txt")) \
+            if files.is_local(p) else _read_bpe_files(p)
+        tok = tokenizers.Tokenizer(models.BPE(vocab, merges))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         return tok
     raise DataError(f"data.tokenizer_path: {path} holds neither tokenizer.json nor vocab.json + merges.txt")
+
+
+def _read_bpe_files(p):
+    """GPT-2's vocab.json + merges.txt from a URL: (vocab, merges) as models.BPE takes them."""
+    merges = [tuple(line.split(" ")) for line in (p / "merges.txt").read_text().splitlines()
+              if line and not line.startswith("#version")]
+    return json.loads((p / "vocab.json").read_text()), merges
 
 
 def _train_sentencepiece(data_cfg, texts: Iterable[str]) -> bytes:
@@ -148,7 +157,7 @@ def _train_sentencepiece(data_cfg, texts: Iterable[str]) -> bytes:
     return model.getvalue()
 
 
-def _write(path: pathlib.Path, data: bytes) -> None:
+def _write(path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))  # processes building the same tokenizer never read a partial file
 
 
@@ -157,8 +166,8 @@ def build_tokenizer(data_cfg, workdir: str, train_texts: Callable[[], Iterable[s
 
     `train_texts` is called only when a tokenizer is learned: the char alphabet or the sentencepiece model.
     """
-    d = pathlib.Path(workdir) / "tokenizer"
-    if (d / MANIFEST).is_file():
+    d = files.path(workdir) / "tokenizer"
+    if (d / MANIFEST).exists():
         tok = load_tokenizer(workdir)
         if tok.kind != data_cfg.tokenizer:
             raise DataError(f"data.tokenizer: {data_cfg.tokenizer!r}, but {workdir} already has a {tok.kind!r} "
@@ -166,30 +175,33 @@ def build_tokenizer(data_cfg, workdir: str, train_texts: Callable[[], Iterable[s
         return tok
     kind, path = data_cfg.tokenizer, data_cfg.tokenizer_path
     if kind == "char":
-        files = {"chars.json": json.dumps("".join(sorted(set().union(*map(set, train_texts()))))).encode()}
+        saved = {"chars.json": json.dumps("".join(sorted(set().union(*map(set, train_texts()))))).encode()}
     elif kind == "sentencepiece" and path:
-        if not os.path.isfile(os.path.expanduser(path)):
+        files.check_url(path, "data.tokenizer_path", workdir=False)
+        if not files.path(path).exists() or files.path(path).is_dir():
             raise DataError(f"data.tokenizer_path: no such file: {path}")
-        files = {"spm.model": pathlib.Path(path).expanduser().read_bytes()}
+        saved = {"spm.model": files.path(path).read_bytes()}
     elif kind == "sentencepiece":
-        files = {"spm.model": _train_sentencepiece(data_cfg, train_texts())}
+        saved = {"spm.model": _train_sentencepiece(data_cfg, train_texts())}
     elif kind == "hf":
-        if not path or not os.path.exists(os.path.expanduser(path)):
+        if path:
+            files.check_url(path, "data.tokenizer_path", workdir=False)
+        if not path or not files.path(path).exists():
             raise DataError(f"data.tokenizer_path: no such file or directory: {path!r} (data.tokenizer=hf needs one)")
-        files = {"hf_tokenizer.json": _read_hf(path).to_str().encode()}
+        saved = {"hf_tokenizer.json": _read_hf(path).to_str().encode()}
     else:
         raise DataError(f"data.tokenizer: {kind!r} is not one of char, sentencepiece, hf")
     d.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
+    for name, data in saved.items():
         _write(d / name, data)
-    _write(d / MANIFEST, json.dumps({"kind": kind, "file": next(iter(files)), "source": path}).encode())
+    _write(d / MANIFEST, json.dumps({"kind": kind, "file": next(iter(saved)), "source": path}).encode())
     return load_tokenizer(workdir)
 
 
 def load_tokenizer(workdir: str) -> Tokenizer:
     """The tokenizer saved in `<workdir>/tokenizer/` by `build_tokenizer`."""
-    d = pathlib.Path(workdir) / "tokenizer"
-    if not (d / MANIFEST).is_file():
+    d = files.path(workdir) / "tokenizer"
+    if not (d / MANIFEST).exists():
         raise DataError(f"workdir: no tokenizer saved in {d} (a training run saves one there)")
     manifest = json.loads((d / MANIFEST).read_text())
     data = (d / manifest["file"]).read_bytes()

@@ -2,13 +2,11 @@
 config -> data -> model -> step (trainer.py) -> checkpoints and metrics, and the periodic work is hooks: log,
 validation loss and bits per byte, checkpoints with preemption saves, and samples at the end."""
 
-import os
-import shutil
 import time
 
 import jax
 
-from gptjax import checkpoint, configs, data, kernels, metrics, sampling, sharding, tasks, trainer
+from gptjax import checkpoint, configs, data, files, kernels, metrics, sampling, sharding, tasks, trainer
 from gptjax.errors import ConfigError
 from gptjax.model import GPT, ModelConfig, count_params
 from gptjax.trainer import Trainer, TrainState, check_batch_sizes, log  # noqa: F401  (part of this module's API)
@@ -18,7 +16,8 @@ def adopt_init_from(config, workdir: str) -> None:
     """Fine-tuning from `train.init_from`: the model shape and tokenizer come from that workdir, whose params
     only fit them. Copies its tokenizer into `workdir`."""
     source = config.train.init_from
-    if os.path.abspath(source) == os.path.abspath(workdir):
+    files.check_url(source, "train.init_from")
+    if str(files.path(source)) == str(files.path(workdir)):
         raise ConfigError(f"train.init_from: {source} is this run's own workdir; fine-tune into a new --workdir")
     saved = checkpoint.read_config(source)
     with config.unlocked():
@@ -29,9 +28,9 @@ def adopt_init_from(config, workdir: str) -> None:
         config.data.tokenizer_path = saved["data"]["tokenizer_path"]
         config.data.seq_len = min(config.data.seq_len, config.model.max_len)
     configs.validate(config)
-    src, dst = os.path.join(source, "tokenizer"), os.path.join(workdir, "tokenizer")
-    if os.path.isdir(src) and not os.path.exists(dst) and jax.process_index() == 0:
-        shutil.copytree(src, dst)
+    src, dst = files.path(source) / "tokenizer", files.path(workdir) / "tokenizer"
+    if src.is_dir() and not dst.exists() and jax.process_index() == 0:
+        files.copytree(src, dst)
 
 
 def lm_trainer(config, mesh) -> Trainer:
@@ -42,7 +41,12 @@ def lm_trainer(config, mesh) -> Trainer:
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (or resumes) the run that `config` describes in `workdir`; returns the final metrics."""
+    if "finetune" in config:  # a fine-tuning experiment (experiments/finetune/): heads, SFT, LoRA
+        from gptjax.finetune import run as finetune_run
+
+        return finetune_run.train_and_evaluate(config, workdir)
     t_start = time.time()
+    files.check_url(workdir)  # before any work: an unusable URL is one line, never a local folder named "gs:"
     if config.train.init_from:
         adopt_init_from(config, workdir)
     kernels.check_platform(config.model.attention_impl)
@@ -108,8 +112,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     finally:
         writer.close()
 
-    if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-        metrics.plot_loss_curve(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
+    if jax.process_index() == 0 and (files.path(workdir) / "metrics.jsonl").exists():
+        metrics.plot_loss_curve(files.path(workdir) / "metrics.jsonl", files.path(workdir) / "loss_curve.png")
     write_samples(config, model_cfg, loop.state.params, pipeline.tokenizer, workdir, mesh)
     loop.last["wall_seconds"] = time.time() - t_start
     return loop.last
@@ -125,8 +129,7 @@ def write_samples(config, model_cfg, params, tokenizer, workdir: str, mesh=None)
     )
     texts = [s.prompt + c.text for c in completions]
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "samples.txt"), "w") as f:
-            f.write("\n\n-----\n\n".join(texts) + "\n")
+        files.write_text(files.path(workdir) / "samples.txt", "\n\n-----\n\n".join(texts) + "\n")
         for t in texts:
             log("-----\n" + t)
     return texts

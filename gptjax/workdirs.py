@@ -8,12 +8,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gptjax import checkpoint, configs, decoding, sampling, sharding, tokenizer
+from gptjax import checkpoint, configs, decoding, files, sampling, sharding, tokenizer
 from gptjax.model import GPT, ModelConfig
 
 
 def load_config(workdir: str):
     """(config, model_cfg, tokenizer) of `workdir`: cheap, no params."""
+    files.check_url(workdir)
     config = ml_collections.ConfigDict(checkpoint.read_config(workdir))
     return config, ModelConfig.from_config(config.model), tokenizer.load_tokenizer(workdir)
 
@@ -63,7 +64,8 @@ def import_hf(hf_dir: str, workdir: str) -> None:
     """Writes a gptjax workdir (config.json, tokenizer, params checkpoint) from a transformers GPT-2 directory."""
     from gptjax.convert import hf
 
-    if os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
+    files.check_url(workdir)
+    if (files.path(workdir) / checkpoint.CONFIG_FILE).exists():
         raise checkpoint.CheckpointError(f"--workdir={workdir} already holds a run; choose a new directory")
     overrides, params = hf.load_hf_gpt2(hf_dir)
     config = configs.get_config()
