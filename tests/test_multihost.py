@@ -1,5 +1,7 @@
 """Two processes joined by jax.distributed on 127.0.0.1 (2 devices each) train exactly like one process with
-4 devices: per-host data slices assembled into global batches, collectives, checkpoints written together."""
+4 devices: each process reads and tokenizes only its own train shards and builds its rows of the global batch,
+collectives, checkpoints written together; a sentencepiece tokenizer is trained by process 0 alone while process 1
+waits for it in the workdir."""
 
 import json
 import os
@@ -17,8 +19,10 @@ def losses(workdir):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(corpus_file, tmp_path):
+@pytest.mark.parametrize("tokenizer", ["char", "sentencepiece"])
+def test_two_processes_match_one(corpus_file, tmp_path, tokenizer):
     args = ["gptjax", "train", f"--config={ROOT}/experiments/pretrain/shakespeare_char.py",
+            f"--config.data.tokenizer={tokenizer}", "--config.data.vocab_size=512",
             f"--config.data.path={corpus_file}", "--config.train.steps=12", "--config.train.log_every_steps=1",
             "--config.eval.every_steps=6", "--config.eval.steps=2", "--config.sample.max_new_tokens=8",
             "--config.model.dropout=0.1", "--config.mesh.shape=(2,2,1)"]
@@ -41,3 +45,7 @@ def test_two_processes_match_one(corpus_file, tmp_path):
         assert abs(val_1[step] - val_2[step]) <= 1e-5 * abs(val_1[step]), step
     assert os.path.isdir(tmp_path / "multi" / "checkpoints" / "12")
     assert (tmp_path / "multi" / "samples.txt").read_text().strip()
+    tokenizers = [(tmp_path / run / "tokenizer" / "tokenizer.json").read_text() for run in ("single", "multi")]
+    assert tokenizers[0] == tokenizers[1] and f'"kind": "{tokenizer}"' in tokenizers[0]
+    cached = sorted(p.name.split("-")[-1] for p in (tmp_path / "multi" / "data").glob("train-*.json"))
+    assert cached == [f"{j}of8.json" for j in range(8)]  # every train shard tokenized and cached once
