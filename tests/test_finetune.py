@@ -1,0 +1,411 @@
+"""Fine-tuning: GPT-1 input transformations and head, the auxiliary LM loss, instruction tuning's response-only
+loss and packing, LoRA, bad input, sharded runs and exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from gptjax import configs, sharding
+from gptjax.errors import CheckpointError, ConfigError, DataError
+from gptjax.finetune import data as ft_data
+from gptjax.finetune import heads, lora, run, tasks, transforms
+from gptjax.model import GPT, ModelConfig
+from gptjax.tokenizer import CharTokenizer
+from gptjax.trainer import Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GENRE = os.path.join(ROOT, "experiments", "finetune", "genre.py")
+TINY = dict(vocab_size=23, num_layers=2, d_model=16, num_heads=2, max_len=16, attention_impl="reference",
+            norm_impl="reference", loss_impl="reference")
+S = transforms.Specials(100, 101, 102)
+
+
+def test_input_transformations_are_token_exact():
+    t = transforms.transform
+    assert t("classification", [[1, 2, 3]], S, 8) == [[100, 1, 2, 3, 102]]
+    assert t("entailment", [[1, 2], [3]], S, 8) == [[100, 1, 2, 101, 3, 102]]
+    assert t("similarity", [[1, 2], [3]], S, 8) == [[100, 1, 2, 101, 3, 102], [100, 3, 101, 1, 2, 102]]
+    assert t("multiple_choice", [[1, 2], [3], [4, 5]], S, 8) == [[100, 1, 2, 101, 3, 102],
+                                                                [100, 1, 2, 101, 4, 5, 102]]
+    # Too long: the longest field loses its last tokens (the earliest on ties); the special tokens stay.
+    assert t("classification", [[1, 2, 3, 4, 5]], S, 5) == [[100, 1, 2, 3, 102]]
+    assert t("entailment", [[1, 2, 3, 4], [5, 6]], S, 7) == [[100, 1, 2, 101, 5, 6, 102]]
+    assert t("entailment", [[1, 2, 3], [5, 6, 7]], S, 7) == [[100, 1, 2, 101, 5, 6, 102]]
+    with pytest.raises(transforms.TooLong):
+        t("classification", [[1, 2, 3, 4, 5]], S, 5, truncate=False)
+
+
+def test_records_are_encoded_with_the_specials_after_the_vocabulary(tmp_path):
+    tok = CharTokenizer("abc xyz")
+    path = tmp_path / "nli.jsonl"
+    path.write_text('{"p": "ab", "h": "c", "y": 1}\n\n{"p": "x", "h": "yz", "y": 0}\n')
+    f = run.config_section()
+    f.update(task_type="entailment", fields=("p", "h"), label_field="y", labels=("0", "1"))
+    enc = ft_data.encode_classification(ft_data.read_jsonl(str(path)), tok, f, transforms.Specials.after(7), 8)
+    s, d, e = 7, 8, 9
+    a, b, c, x, y, z = (tok.encode(ch)[0] for ch in "abcxyz")
+    np.testing.assert_array_equal(enc.inputs[:, 0], [[s, a, b, d, c, e, 0, 0], [s, x, d, y, z, e, 0, 0]])
+    np.testing.assert_array_equal(enc.lengths[:, 0], [6, 6])
+    np.testing.assert_array_equal(enc.labels, [1, 0])
+    assert enc.where == [f"{path}:1", f"{path}:3"]
+
+
+def _classifier(combine="first", num_classes=3, **kw):
+    cfg = ModelConfig(**{**TINY, "vocab_size": 23, **kw})
+    return heads.ClassifierGPT(cfg, num_classes, combine)
+
+
+def test_the_head_reads_the_last_token_that_is_not_padding():
+    model = _classifier()
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 23, (3, 1, 12)).astype(np.int32)
+    lengths = np.array([[5], [12], [1]], np.int32)
+    params = model.init(jax.random.PRNGKey(0), tokens, lengths)["params"]
+    params = nn.unbox(params)
+    scores, _ = model.apply({"params": params}, tokens, lengths)
+    # The head is a linear map of the backbone's hidden state at position length - 1.
+    hidden, _ = GPT(model.cfg).apply({"params": params["gpt"]}, tokens[:, 0], return_hidden=True)
+    want = hidden[np.arange(3), lengths[:, 0] - 1] @ params["kernel"] + params["bias"]
+    np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-6)
+    # Padding after the last token changes nothing; the last token itself does.
+    padded = tokens.copy()
+    for i, n in enumerate(lengths[:, 0]):
+        padded[i, 0, n:] = rng.integers(1, 23, 12 - n)
+    np.testing.assert_array_equal(model.apply({"params": params}, padded, lengths)[0], scores)
+    changed = tokens.copy()
+    changed[0, 0, 4] = (changed[0, 0, 4] % 22) + 1
+    assert not np.allclose(model.apply({"params": params}, changed, lengths)[0][0], scores[0])
+
+
+def test_similarity_adds_both_orders_and_multiple_choice_softmaxes_over_choices():
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(1, 23, (2, 2, 8)).astype(np.int32)
+    lengths = np.array([[6, 8], [3, 7]], np.int32)
+    sim = _classifier("sum", 2)
+    params = nn.unbox(sim.init(jax.random.PRNGKey(0), tokens, lengths)["params"])
+    hidden, _ = GPT(sim.cfg).apply({"params": params["gpt"]}, tokens.reshape(4, 8), return_hidden=True)
+    last = heads.last_token_states(hidden, lengths.reshape(4)).reshape(2, 2, -1)
+    np.testing.assert_allclose(sim.apply({"params": params}, tokens, lengths)[0],
+                               last.sum(1) @ params["kernel"] + params["bias"], rtol=1e-5, atol=1e-6)
+    swapped = tokens[:, ::-1], lengths[:, ::-1]  # the two orders are symmetric
+    np.testing.assert_allclose(sim.apply({"params": params}, *swapped)[0], sim.apply({"params": params}, tokens,
+                                                                                      lengths)[0], rtol=1e-5)
+    mc = _classifier("choices")
+    params = nn.unbox(mc.init(jax.random.PRNGKey(0), tokens, lengths)["params"])
+    scores = mc.apply({"params": params}, tokens, lengths)[0]
+    assert scores.shape == (2, 2)
+    np.testing.assert_allclose(scores, (last @ params["kernel"] + params["bias"])[..., 0], rtol=1e-5, atol=1e-6)
+
+
+def _cls_batch(rng, B=4, C=1, T=12, classes=3):
+    tokens = rng.integers(1, 23, (B, C, T)).astype(np.int32)
+    lengths = rng.integers(3, T + 1, (B, C)).astype(np.int32)
+    return {"inputs": tokens, "lengths": lengths, "label": rng.integers(0, classes, (B, 1)).astype(np.int32),
+            "weight": np.ones((B, 1), np.float32)}
+
+
+def test_lambda_zero_leaves_the_lm_loss_without_effect():
+    model = _classifier()
+    batch = _cls_batch(np.random.default_rng(2))
+    params = nn.unbox(tasks.Classification(12, 1, 0.0).init(model, jax.random.PRNGKey(0), batch))
+
+    def head_only(p):
+        scores, _ = model.apply({"params": p["model"]}, batch["inputs"], batch["lengths"])
+        return optax.softmax_cross_entropy_with_integer_labels(scores, batch["label"][:, 0]).mean()
+
+    def grads(task):
+        return jax.value_and_grad(lambda p: task.loss(model, p, batch, jax.random.PRNGKey(1))[0])(params)
+
+    (l0, g0), (lh, gh) = grads(tasks.Classification(12, 1, 0.0)), jax.value_and_grad(head_only)(params)
+    np.testing.assert_allclose(l0, lh, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), g0, gh)
+    # With lambda = 0.5 the LM loss is there: L = L_clf + 0.5 L_lm, and the gradients differ.
+    half = tasks.Classification(12, 1, 0.5)
+    l5, g5 = grads(half)
+    _, aux = half.loss(model, params, batch, jax.random.PRNGKey(1))
+    np.testing.assert_allclose(l5, aux["clf_loss"] + 0.5 * aux["lm_loss"], rtol=1e-6)
+    assert aux["lm_loss"] > 1.0
+    assert not np.allclose(g5["model"]["gpt"]["wte"], g0["model"]["gpt"]["wte"])
+
+
+def _sft_examples():
+    tok = CharTokenizer("abcdefgh:# \n")
+    f = run.config_section()
+    f.template = "#{prompt}:"
+    recs = [(f"mem:{i}", {"prompt": p, "response": r})
+            for i, (p, r) in enumerate([("ab", "cde"), ("h", "gg"), ("abc", "d"), ("fe", "hhh")])]
+    return tok, ft_data.encode_sft(recs, tok, f, eos_id=tok.vocab_size, seq_len=16)
+
+
+def test_sft_loss_counts_response_tokens_only():
+    tok, ex = _sft_examples()
+    toks, plen = ex[0]
+    assert toks == tok.encode("#ab:") + tok.encode("cde") + [tok.vocab_size] and plen == 4
+    rows = ft_data.sft_rows(ex, 16, pack=False)
+    # Row 0: 8 tokens -> 7 (input, target) pairs; targets 4.. are the response and eos.
+    np.testing.assert_array_equal(rows["weights"][0], [0, 0, 0, 1, 1, 1, 1] + [0] * 9)
+    np.testing.assert_array_equal(rows["targets"][0, 3:7], tok.encode("cde") + [tok.vocab_size])
+
+    cfg = ModelConfig(**{**TINY, "vocab_size": tok.vocab_size + 1})
+    model, task = GPT(cfg), tasks.InstructionTuning(16)
+    params = nn.unbox(task.init(model, jax.random.PRNGKey(0), rows))
+
+    def loss_of_logits(logits):
+        from gptjax.model import cross_entropy
+        return cross_entropy(logits, rows["targets"], rows["weights"])[0]
+
+    logits = model.apply({"params": params["model"]}, rows["inputs"])
+    g = jax.grad(loss_of_logits)(logits)
+    prompt = rows["weights"] == 0
+    assert np.all(np.asarray(g)[prompt] == 0) and np.all(np.abs(np.asarray(g)[~prompt]).sum(-1) > 0)
+    # Scrambling the prompt tokens' targets changes neither the loss nor any parameter gradient.
+    scrambled = {**rows, "targets": np.where(prompt, (rows["targets"] + 3) % tok.vocab_size, rows["targets"])}
+    a = jax.value_and_grad(lambda p: task.loss(model, p, rows, None)[0])(params)
+    b = jax.value_and_grad(lambda p: task.loss(model, p, scrambled, None)[0])(params)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_packed_batches_give_the_loss_and_gradients_of_unpacked_ones():
+    tok, ex = _sft_examples()
+    packed, unpacked = ft_data.sft_rows(ex, 16, pack=True), ft_data.sft_rows(ex, 16, pack=False)
+    assert len(packed["inputs"]) == 2 and len(unpacked["inputs"]) == 4
+    np.testing.assert_array_equal(packed["segment_ids"][0], [1] * 7 + [2] * 5 + [0] * 4)
+    cfg = ModelConfig(**{**TINY, "vocab_size": tok.vocab_size + 1})
+    model, task = GPT(cfg), tasks.InstructionTuning(16)
+    params = nn.unbox(task.init(model, jax.random.PRNGKey(0), unpacked))
+    unpacked = {k: v for k, v in unpacked.items() if k != "segment_ids"}  # one example per row: no segments at all
+    a = jax.value_and_grad(lambda p: task.loss(model, p, packed, None)[0])(params)
+    b = jax.value_and_grad(lambda p: task.loss(model, p, unpacked, None)[0])(params)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-7), a, b)
+
+
+def test_lora_starts_as_the_base_model_and_merged_equals_unmerged():
+    model = _classifier()
+    batch = _cls_batch(np.random.default_rng(3))
+    spec = tasks.LoraSpec(rank=2, alpha=4.0)
+    task = tasks.Classification(12, 1, 0.5, lora=spec)
+    params = nn.unbox(task.init(model, jax.random.PRNGKey(0), batch))
+    ad = params["lora"]
+    assert sorted(k.split("/")[-1] for k in ad) == ["fc_kernel", "out_kernel", "proj_kernel", "qkv_kernel"] * 2
+    assert ad["h_0/attn/qkv_kernel"]["a"].shape == (16, 2) and ad["h_0/attn/qkv_kernel"]["b"].shape == (2, 48)
+    base = model.apply({"params": params["model"]}, batch["inputs"], batch["lengths"])[0]
+    np.testing.assert_array_equal(task.scores(model, params, batch), base)  # B = 0: the base model exactly
+
+    rng = np.random.default_rng(4)
+    params["lora"] = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype) * 0.3, ad)
+    unmerged = task.scores(model, params, batch)
+    assert not np.allclose(unmerged, base, atol=1e-4)
+    merged = {**params["model"], "gpt": lora.merge(params["model"]["gpt"], params["lora"], 4.0, 2)}
+    np.testing.assert_allclose(model.apply({"params": merged}, batch["inputs"], batch["lengths"])[0], unmerged,
+                               rtol=1e-5, atol=1e-6)
+    # The adapter is x A B * alpha / r beside x W: check one MLP input projection by hand.
+    W = params["model"]["gpt"]["h_1"]["mlp"]["fc_kernel"]
+    A, B = params["lora"]["h_1/mlp/fc_kernel"]["a"], params["lora"]["h_1/mlp/fc_kernel"]["b"]
+    x = rng.normal(size=(5, 16)).astype(np.float32)
+    np.testing.assert_allclose(x @ merged["gpt"]["h_1"]["mlp"]["fc_kernel"], x @ W + (x @ A @ B) * 2.0, rtol=1e-4,
+                               atol=1e-5)
+
+
+def _config(**finetune):
+    c = configs.default.get_config()
+    c.model.update(**{k: v for k, v in TINY.items() if k != "vocab_size"})
+    c.data.seq_len = 16
+    c.train.update(batch_size=8, steps=3, log_every_steps=1)
+    c.optim.update(lr=1e-2, warmup_steps=0)
+    c.finetune = run.config_section()
+    c.finetune.update(**{"labels": ("0", "1", "2"), **finetune})
+    return c
+
+
+def test_lora_trains_only_the_adapters_and_the_head():
+    model = _classifier()
+    task = tasks.Classification(12, 1, 0.5, lora=tasks.LoraSpec(2, 4.0))
+    c = _config(lora_rank=2)
+    tx, _ = run._optimizer(c, task, 3)
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    tr = Trainer(c, mesh, model, task, tx=tx)
+    state = tr.init_state(0)
+    batch = _cls_batch(np.random.default_rng(5), B=8)
+    with tr.context():
+        new, _ = tr.train_step(jax.tree.map(jnp.copy, state), sharding.host_local_to_global(batch, mesh))
+    jax.tree.map(np.testing.assert_array_equal, new.params["model"]["gpt"], state.params["model"]["gpt"])
+    assert not np.allclose(new.params["model"]["kernel"], state.params["model"]["kernel"])
+    assert not np.allclose(new.params["lora"]["h_0/attn/qkv_kernel"]["b"], 0)
+    # Adam's two moments exist for the adapters and the head only.
+    n_opt = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)
+    n_train = sum(x.size for x in jax.tree.leaves((state.params["lora"], state.params["model"]["kernel"],
+                                                   state.params["model"]["bias"])))
+    assert n_opt == 2 * n_train < sum(x.size for x in jax.tree.leaves(state.params["model"]["gpt"]))
+
+
+def test_sharded_fine_tuning_equals_one_device():
+    batches = [_cls_batch(np.random.default_rng(10 + s), B=8) for s in range(3)]
+    c = _config()
+    losses, params = [], []
+    for mesh in (sharding.make_mesh((1, 1, 1), jax.devices()[:1]), sharding.make_mesh((2, 2, 2))):
+        model, task = _classifier(), tasks.Classification(12, 1, 0.5)
+        tr = Trainer(c, mesh, model, task)
+        state = tr.init_state(0)
+        out = []
+        with tr.context():
+            for b in batches:
+                state, m = tr.train_step(state, sharding.host_local_to_global(b, mesh))
+                out.append({k: float(v) for k, v in m.items()})
+        losses.append(out)
+        params.append(jax.device_get(state.params))
+    for a, b in zip(*losses):
+        for k in ("train_loss", "clf_loss", "lm_loss", "grad_norm"):
+            np.testing.assert_allclose(a[k], b[k], rtol=2e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-4), *params)
+
+
+# --- bad input: one DataError / ConfigError / CheckpointError naming the file and line or the key ---------------
+
+
+def test_bad_records_name_the_file_and_line(tmp_path):
+    tok = CharTokenizer("abc")
+    f = run.config_section()
+    f.update(fields=("text",), labels=("x", "y"))
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "ab", "label": "x"}\n{"txt": "ab", "label": "y"}\n')
+    with pytest.raises(DataError, match=rf"{path}:2: no field 'text' \(finetune.fields\)"):
+        ft_data.encode_classification(ft_data.read_jsonl(str(path)), tok, f, S, 8)
+    path.write_text('{"text": "ab", "label": "x"}\n{"text": "ab", "label": "z"}\n')
+    with pytest.raises(DataError, match=rf"{path}:2: label 'z' is not one of finetune.labels"):
+        ft_data.encode_classification(ft_data.read_jsonl(str(path)), tok, f, S, 8)
+    path.write_text('{"text": "abcabcabc", "label": "x"}\n')
+    f.truncate = False
+    with pytest.raises(DataError, match=rf"{path}:1: 11 tokens .* exceed the context by 3"):
+        ft_data.encode_classification(ft_data.read_jsonl(str(path)), tok, f, S, 8)
+    path.write_text('{"text": "ab", "label": "x"}\nnot json\n')
+    with pytest.raises(DataError, match=rf"{path}:2: not a JSON object"):
+        ft_data.read_jsonl(str(path))
+
+
+def test_a_tfds_name_that_does_not_exist_is_one_line(tmp_path):
+    with pytest.raises(DataError, match="finetune.source: no TFDS dataset named 'glue_no_such/sst2'"):
+        ft_data.read_tfds("glue_no_such/sst2", "train", str(tmp_path))
+
+
+def _pretrained_workdir(path, tokenizer_chars="abcdefgh :\n"):
+    """A tiny 'pretrained' workdir: config, char tokenizer, a params checkpoint."""
+    from gptjax import checkpoint
+    from gptjax.tokenizer import build_tokenizer
+
+    c = configs.default.get_config()
+    c.model.update(**{k: v for k, v in TINY.items() if k != "vocab_size"})
+    c.data.tokenizer = "char"
+    c.data.seq_len = 16
+    tok = build_tokenizer(c.data, str(path), lambda: [tokenizer_chars])
+    c.model.vocab_size = tok.vocab_size
+    checkpoint.write_config(str(path), c)
+    params = GPT(ModelConfig.from_config(c.model)).init(jax.random.PRNGKey(3), np.zeros((1, 16), np.int32))["params"]
+    checkpoint.save_params(str(path), nn.unbox(params))
+    return tok
+
+
+def test_init_from_is_never_the_workdir_and_needs_the_same_tokenizer(tmp_path):
+    _pretrained_workdir(tmp_path / "pre")
+    c = _config()
+    c.train.init_from = str(tmp_path / "pre")
+    with pytest.raises(ConfigError, match="train.init_from: .* is \\(or holds\\) this run's workdir"):
+        run.train_and_evaluate(c, str(tmp_path / "pre"))
+    with pytest.raises(ConfigError, match="train.init_from"):
+        run.train_and_evaluate(c, str(tmp_path / "pre" / "ft"))
+    _pretrained_workdir(tmp_path / "other", "xyz")
+    os.makedirs(tmp_path / "ft")
+    import shutil
+    shutil.copytree(tmp_path / "other" / "tokenizer", tmp_path / "ft" / "tokenizer")
+    with pytest.raises(CheckpointError, match="train.init_from: .* has another tokenizer"):
+        run.train_and_evaluate(c, str(tmp_path / "ft"))
+
+
+def test_fine_tuning_from_a_pretrained_workdir_grows_the_embedding(tmp_path):
+    """A whole classification run in-process on JSONL: the backbone comes from init_from (the embedding grows by the
+    three special tokens), val_accuracy is logged, predictions are written, the pretrained workdir is untouched."""
+    from gptjax import checkpoint
+
+    pre = tmp_path / "pre"
+    tok = _pretrained_workdir(pre)
+    before = sorted(str(p.relative_to(pre)) for p in pre.rglob("*"))
+    for split, n in (("train", 24), ("val", 10)):
+        with open(tmp_path / f"{split}.jsonl", "w") as fh:
+            for i in range(n):
+                fh.write(json.dumps({"s": "abc" * (i % 3 + 1) if i % 2 else "fgh :" * (i % 2 + 1), "y": i % 2}) + "\n")
+    c = _config(source="jsonl", train_path=str(tmp_path / "train.jsonl"), val_path=str(tmp_path / "val.jsonl"),
+                fields=("s",), label_field="y", labels=("0", "1"))
+    c.train.init_from = str(pre)
+    c.eval.update(every_steps=3, batch_size=8)
+    out = run.train_and_evaluate(c, str(tmp_path / "ft"))
+    assert sorted(str(p.relative_to(pre)) for p in pre.rglob("*")) == before
+    assert 0 <= out["val_accuracy"] <= 1 and "val_f1" in out
+    rows = [json.loads(x) for x in open(tmp_path / "ft" / "predictions.jsonl")]
+    assert len(rows) == 10 and rows[3]["example"] == f"{tmp_path / 'val.jsonl'}:4" and rows[3]["label"] == "1"
+    saved = [json.loads(x) for x in open(tmp_path / "ft" / "metrics.jsonl")]
+    assert any("val_accuracy" in r for r in saved)
+    cfg = json.load(open(tmp_path / "ft" / "config.json"))
+    assert cfg["model"]["vocab_size"] == tok.vocab_size + 3
+
+
+def _cli(*args):
+    return subprocess.Popen([sys.executable, "-m", "gptjax.main", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def _metrics(workdir, key):
+    out = {}
+    for line in open(os.path.join(workdir, "metrics.jsonl")):
+        row = json.loads(line)
+        if key in row:
+            out[row["step"]] = row[key]
+    return out
+
+
+@pytest.mark.slow
+def test_genre_fine_tuning_resumes_exactly_after_sigkill(tmp_path):
+    """`gptjax train --config=experiments/finetune/genre.py` (tiny model, from scratch, dropout on): 8 steps
+    straight == 4 steps, SIGKILL, the same command again: same losses, val_accuracy and parameters."""
+    args = [f"--config={GENRE}:steps=8,seq_len=32,batch=8", "--config.model.num_layers=1",
+            "--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.dropout=0.1",
+            "--config.data.vocab_size=256", "--config.train.log_every_steps=1", "--config.checkpoint.every_steps=4",
+            "--config.checkpoint.async_save=False", "--config.eval.every_steps=8", "--config.eval.batch_size=512",
+            "--config.mesh.shape=(2,2,2)"]
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    p = _cli("train", f"--workdir={straight}", *args)
+    out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-3000:]
+    p = _cli("train", f"--workdir={killed}", *args)
+    start = time.time()
+    while not os.path.isdir(os.path.join(killed, "checkpoints", "4")):
+        assert p.poll() is None, p.stderr.read()[-2000:]
+        assert time.time() - start < 900
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not os.path.exists(os.path.join(killed, "checkpoints", "8")), "the run finished before it was killed"
+    p = _cli("train", f"--workdir={killed}", *args)
+    out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-3000:]
+    assert "resumed from" in out and "checkpoints/4" in out
+    a, b = _metrics(straight, "train_loss"), _metrics(killed, "train_loss")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    assert [a[s] for s in range(5, 9)] == [b[s] for s in range(5, 9)]
+    assert _metrics(straight, "val_accuracy") == _metrics(killed, "val_accuracy") != {}
+    assert open(os.path.join(straight, "predictions.jsonl")).read() == open(os.path.join(killed,
+                                                                                   "predictions.jsonl")).read()
+    params = []
+    for workdir in (straight, killed):
+        with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as mngr:
+            params.append(mngr.restore(8, args=ocp.args.Composite(params=ocp.args.StandardRestore())).params)
+    jax.tree.map(np.testing.assert_array_equal, *params)
