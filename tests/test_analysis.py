@@ -37,7 +37,7 @@ VARIANTS = {"plain": {}, "scan": dict(scan_layers=True), "post_ln_untied": dict(
             "remat": dict(remat="full")}
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ["plain", "scan"])  # the logit-lens test runs every variant
 def test_attention_rows_sum_to_one_and_are_zero_above_the_diagonal(variant):
     cfg = dataclasses.replace(TINY, **VARIANTS[variant])
     params = init(cfg)

@@ -4,10 +4,11 @@ The functions here return numpy arrays (for notebooks); `gptjax inspect` (`inspe
 docs/inspect.md.
 """
 
-from gptjax.analysis.core import (attention, cosine_similarity, embedding_neighbours, embedding_pca, forward,
-                                  head_scores, logit_lens, position_embeddings, position_similarity,
-                                  recording_config, repeated_random_tokens, token_losses, top_predictions, unembed)
+from gptjax.analysis.core import (attention, checkpoint_steps, cosine_similarity, embedding_neighbours,
+                                  embedding_pca, forward, head_scores, logit_lens, params_at, position_embeddings,
+                                  position_similarity, recording_config, repeated_random_tokens, token_losses,
+                                  top_predictions, unembed)
 
-__all__ = ["attention", "cosine_similarity", "embedding_neighbours", "embedding_pca", "forward", "head_scores",
-           "logit_lens", "position_embeddings", "position_similarity", "recording_config", "repeated_random_tokens",
-           "token_losses", "top_predictions", "unembed"]
+__all__ = ["attention", "checkpoint_steps", "cosine_similarity", "embedding_neighbours", "embedding_pca", "forward",
+           "head_scores", "logit_lens", "params_at", "position_embeddings", "position_similarity",
+           "recording_config", "repeated_random_tokens", "token_losses", "top_predictions", "unembed"]

@@ -118,25 +118,35 @@ def logit_lens(model_cfg: ModelConfig, params, tokens) -> np.ndarray:
     return lens[:, 0] if squeeze else lens
 
 
-def repeated_random_tokens(vocab_size: int, seq_len: int, batch: int, seed: int = 0) -> np.ndarray:
-    """(batch, 2 * seq_len): random tokens followed by the same tokens again (Olsson et al. 2022)."""
-    first = np.random.default_rng(seed).integers(0, vocab_size, (batch, seq_len), dtype=np.int32)
+def repeated_random_tokens(vocab_size: int, seq_len: int, batch: int, seed: int = 0, token_ids=None) -> np.ndarray:
+    """(batch, 2 * seq_len): random tokens followed by the same tokens again (Olsson et al. 2022), drawn uniformly
+    from 0..vocab_size-1 or from `token_ids`."""
+    pool = np.arange(vocab_size) if token_ids is None else np.asarray(token_ids)
+    first = np.random.default_rng(seed).choice(pool, (batch, seq_len)).astype(np.int32)
     return np.concatenate([first, first], axis=1)
 
 
 def head_scores(model_cfg: ModelConfig, params, *, seq_len: int | None = None, batch: int = 16,
-                seed: int = 0) -> dict:
+                seed: int = 0, token_ids=None, sequences=None) -> dict:
     """Previous-token and induction scores for every layer and head, each (L, H), on `batch` sequences of
-    `seq_len` random tokens repeated once (default seq_len: half the context, at most 64).
+    `seq_len` random tokens repeated once (default seq_len: half the context, at most 64); `token_ids` limits the
+    random tokens to those ids (a model trained on a narrow format: its letters and digits). `sequences`, a
+    (B, 2 * seq_len) array whose second half repeats its first, replaces the random sequences.
 
     previous_token: mean attention from position t to t - 1, over every t >= 1.
     induction: mean attention from position t in the repeat to t - seq_len + 1, the token that followed the earlier
     occurrence of token t; a head that copies what came next last time puts its weight there. Uniform attention
     scores about 1 / t; an induction head scores near 1."""
+    if sequences is not None:
+        sequences = np.asarray(sequences, np.int32)
+        seq_len, batch = sequences.shape[1] // 2, sequences.shape[0]
+        if sequences.shape[1] % 2 or not np.array_equal(sequences[:, :seq_len], sequences[:, seq_len:]):
+            raise PromptError("head_scores: each of `sequences` must be a block of tokens followed by itself")
     n = seq_len or min(model_cfg.max_len // 2, 64)
     if 2 * n > model_cfg.max_len or n < 2:
         raise PromptError(f"head_scores: seq_len={n} repeated twice does not fit the context of {model_cfg.max_len}")
-    tokens_BxT = repeated_random_tokens(model_cfg.vocab_size, n, batch, seed)
+    tokens_BxT = sequences if sequences is not None else repeated_random_tokens(model_cfg.vocab_size, n, batch, seed,
+                                                                                 token_ids)
     probs_LxBxHxTxT = attention(model_cfg, params, tokens_BxT)
     prev = np.diagonal(probs_LxBxHxTxT, offset=-1, axis1=-2, axis2=-1)  # (L, B, H, 2n - 1): t -> t - 1
     induction = np.diagonal(probs_LxBxHxTxT, offset=-(n - 1), axis1=-2, axis2=-1)  # t -> t - n + 1, t >= n - 1
@@ -188,3 +198,29 @@ def embedding_pca(model_cfg: ModelConfig, params, num_components: int = 2):
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     var = s**2
     return (centred @ vt[:num_components].T).astype(np.float32), (var[:num_components] / var.sum()).astype(np.float32)
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The complete checkpoints of a workdir, oldest first."""
+    from gptjax import checkpoint
+
+    mngr = checkpoint.manager(workdir, read_only=True)
+    try:
+        return sorted(mngr.all_steps())
+    finally:
+        mngr.close()
+
+
+def params_at(workdir: str, step: int):
+    """(model_cfg, params) of checkpoint `step` of a workdir (workdirs.load gives the latest)."""
+    from gptjax import checkpoint, sharding, workdirs
+
+    config, model_cfg, _ = workdirs.load_config(workdir)
+    abstract, _ = sharding.abstract_state(
+        lambda: GPT(model_cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"],
+        sharding.make_mesh((-1, 1, 1)), config.mesh.logical_axis_rules)
+    mngr = checkpoint.manager(workdir, read_only=True)
+    try:
+        return model_cfg, checkpoint.restore(mngr, step, abstract)[0]
+    finally:
+        mngr.close()
