@@ -12,6 +12,8 @@ field) and train with `model.attention_impl=reference`; the fast paths do not kn
 keeps them out of the way only when asked to.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 
@@ -23,6 +25,23 @@ NORM_IMPLS = ("auto", "reference", "cpu_fused")
 LOSS_IMPLS = NORM_IMPLS
 _AUTO_ATTENTION = {"cpu": "cpu_fused", "gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}
 _announced = set()
+_target = []  # platforms being compiled for ahead of time (gptjax plan), innermost last
+
+
+@contextlib.contextmanager
+def target_platform(name: str):
+    """Chooses implementations for `name` ("tpu") instead of this process's backend: for compiling a TPU program
+    ahead of time on a CPU host (`gptjax plan`), where splash must be the real kernel, not its interpreter."""
+    _target.append(name)
+    try:
+        yield
+    finally:
+        _target.pop()
+
+
+def platform() -> str:
+    """The platform the model is being built for: the target of `target_platform`, else jax's default backend."""
+    return _target[-1] if _target else jax.default_backend()
 
 
 def _announce(key: str, requested: str, chosen: str, why: str = "") -> None:
@@ -31,23 +50,23 @@ def _announce(key: str, requested: str, chosen: str, why: str = "") -> None:
     _announced.add((key, requested, chosen, why))
     if jax.process_index() == 0:
         note = f" ({why})" if why else ""
-        print(f"gptjax: model.{key}={requested} -> {chosen} on {jax.default_backend()}{note}", flush=True)
+        print(f"gptjax: model.{key}={requested} -> {chosen} on {platform()}{note}", flush=True)
 
 
 def check_platform(requested: str) -> None:
     """Raises ConfigError when `model.attention_impl` names a kernel this platform cannot run (before any work)."""
-    platform = jax.default_backend()
-    if requested == "cudnn" and platform not in ("gpu", "cuda"):
-        raise ConfigError(f"model.attention_impl: cudnn needs an NVIDIA GPU; this process runs on {platform}")
-    if requested == "splash" and platform not in ("tpu", "cpu"):
-        raise ConfigError(f"model.attention_impl: splash is a TPU kernel; this process runs on {platform}")
+    where = platform()
+    if requested == "cudnn" and where not in ("gpu", "cuda"):
+        raise ConfigError(f"model.attention_impl: cudnn needs an NVIDIA GPU; this process runs on {where}")
+    if requested == "splash" and where not in ("tpu", "cpu"):
+        raise ConfigError(f"model.attention_impl: splash is a TPU kernel; this process runs on {where}")
 
 
 def select_attention(requested: str, *, dtype, dropout: bool, kv_mask: bool, segments: bool, T: int, S: int) -> str:
     """The attention implementation for one call (at trace time): `requested`, or for `auto` the platform's kernel,
     falling back to `reference` where that kernel cannot take the call."""
     check_platform(requested)
-    chosen = _AUTO_ATTENTION.get(jax.default_backend(), "reference") if requested == "auto" else requested
+    chosen = _AUTO_ATTENTION.get(platform(), "reference") if requested == "auto" else requested
     why = ""
     if chosen in ("cudnn", "splash"):
         from gptjax.kernels import splash
@@ -89,7 +108,7 @@ def attention(impl: str, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, keep_BxHxT
 def _simple(key: str, requested: str):
     chosen = requested
     if requested == "auto":
-        chosen = "cpu_fused" if jax.default_backend() == "cpu" else "reference"
+        chosen = "cpu_fused" if platform() == "cpu" else "reference"
         _announce(key, requested, chosen)
     if chosen not in NORM_IMPLS:
         raise ConfigError(f"model.{key}: {requested!r} is not one of {', '.join(NORM_IMPLS)}")

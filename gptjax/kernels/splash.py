@@ -31,7 +31,9 @@ def _kernel(T: int, H: int, interpret: bool):
 
 
 def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, segment_ids_BxT=None):
-    interpret = jax.default_backend() != "tpu"
+    from gptjax import kernels
+
+    interpret = kernels.platform() != "tpu"
     heads = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731
     q_BxHxTxK = heads(q_BxTxHxK * (1 / math.sqrt(q_BxTxHxK.shape[-1])))
     k_BxHxSxK, v_BxHxSxK = heads(k_BxSxHxK), heads(v_BxSxHxK)
@@ -46,7 +48,9 @@ def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, segment_ids_BxT=None):
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty and set(sharding.MESH_AXES) <= set(mesh.axis_names):
         head_axis = "tensor" if q_BxHxTxK.shape[1] % mesh.shape["tensor"] == 0 else None
-        qkv = P(sharding.BATCH_AXES, head_axis, None, None)
-        seg = None if segment_ids_BxT is None else P(sharding.BATCH_AXES, None)
+        # Rows over the data axes when they divide (not the one-row example batch that initialises the model).
+        rows = sharding.BATCH_AXES if q_BxHxTxK.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 else None
+        qkv = P(rows, head_axis, None, None)
+        seg = None if segment_ids_BxT is None else P(rows, None)
         local = jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, seg), out_specs=qkv, check_vma=False)
     return heads(local(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, segment_ids_BxT))
