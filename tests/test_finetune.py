@@ -197,7 +197,7 @@ def test_lora_starts_as_the_base_model_and_merged_equals_unmerged():
     task = tasks.Classification(12, 1, 0.5, lora=spec)
     params = nn.unbox(task.init(model, jax.random.PRNGKey(0), batch))
     ad = params["lora"]
-    assert sorted(k.split("/")[-1] for k in ad) == ["fc_kernel", "out_kernel", "proj_kernel", "qkv_kernel"] * 2
+    assert sorted(k.split("/")[-1] for k in ad) == sorted(["fc_kernel", "out_kernel", "proj_kernel", "qkv_kernel"] * 2)
     assert ad["h_0/attn/qkv_kernel"]["a"].shape == (16, 2) and ad["h_0/attn/qkv_kernel"]["b"].shape == (2, 48)
     base = model.apply({"params": params["model"]}, batch["inputs"], batch["lengths"])[0]
     np.testing.assert_array_equal(task.scores(model, params, batch), base)  # B = 0: the base model exactly
@@ -286,7 +286,7 @@ def test_bad_records_name_the_file_and_line(tmp_path):
         ft_data.encode_classification(ft_data.read_jsonl(str(path)), tok, f, S, 8)
     path.write_text('{"text": "abcabcabc", "label": "x"}\n')
     f.truncate = False
-    with pytest.raises(DataError, match=rf"{path}:1: 11 tokens .* exceed the context by 3"):
+    with pytest.raises(DataError, match=rf"{path}:1: 9 text tokens exceed the 6 .* by 3"):
         ft_data.encode_classification(ft_data.read_jsonl(str(path)), tok, f, S, 8)
     path.write_text('{"text": "ab", "label": "x"}\nnot json\n')
     with pytest.raises(DataError, match=rf"{path}:2: not a JSON object"):

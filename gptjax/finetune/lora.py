@@ -64,16 +64,33 @@ def merge(params, adapters: dict, alpha: float, rank: int):
     return jax.tree_util.tree_map_with_path(add, params)
 
 
-def trainable_labels(params, frozen_prefix: tuple):
-    """'frozen' for every leaf whose path starts with `frozen_prefix` (the base model), 'train' elsewhere."""
-    def label(path, _):
-        keys = tuple(str(getattr(k, "key", k)) for k in path)
-        return "frozen" if keys[:len(frozen_prefix)] == tuple(frozen_prefix) else "train"
+def _split(params, frozen_prefix: tuple):
+    """(params without the subtree at `frozen_prefix`, that subtree)."""
+    key, rest = frozen_prefix[0], frozen_prefix[1:]
+    if not rest:
+        return {k: v for k, v in params.items() if k != key}, params[key]
+    inner, frozen = _split(params[key], rest)
+    return {**params, key: inner}, frozen
 
-    return jax.tree_util.tree_map_with_path(label, params)
+
+def _join(trainable, frozen, frozen_prefix: tuple):
+    key, rest = frozen_prefix[0], frozen_prefix[1:]
+    if not rest:
+        return {**trainable, key: frozen}
+    return {**trainable, key: _join(trainable[key], frozen, rest)}
 
 
 def masked_optimizer(tx: optax.GradientTransformation, frozen_prefix: tuple) -> optax.GradientTransformation:
-    """`tx` on the trainable leaves; frozen leaves get zero updates and no optimizer state."""
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                                 lambda params: trainable_labels(params, frozen_prefix))
+    """`tx` on every leaf outside the subtree at `frozen_prefix` (the base model); that subtree gets zero updates
+    and no optimizer state at all (the state is `tx`'s state of the trainable leaves only, a plain tree)."""
+
+    def init(params):
+        return tx.init(_split(params, frozen_prefix)[0])
+
+    def update(grads, state, params=None):
+        g, frozen_g = _split(grads, frozen_prefix)
+        p = None if params is None else _split(params, frozen_prefix)[0]
+        updates, state = tx.update(g, state, p)
+        return _join(updates, jax.tree.map(jnp.zeros_like, frozen_g), frozen_prefix), state
+
+    return optax.GradientTransformation(init, update)

@@ -41,7 +41,8 @@ def fit(fields: list[list[int]], budget: int, truncate: bool) -> list[list[int]]
     fields = [list(f) for f in fields]
     excess = sum(map(len, fields)) - budget
     if excess > 0 and not truncate:
-        raise TooLong(f"{excess + budget} tokens with the task's special tokens exceed the context by {excess}")
+        raise TooLong(f"{excess + budget} text tokens exceed the {budget} that the context leaves beside the "
+                      f"special tokens by {excess}")
     if budget < len(fields):
         raise TooLong(f"the context leaves {budget} tokens for {len(fields)} text fields")
     while excess > 0:
