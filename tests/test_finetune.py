@@ -409,3 +409,44 @@ def test_genre_fine_tuning_resumes_exactly_after_sigkill(tmp_path):
         with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as mngr:
             params.append(mngr.restore(8, args=ocp.args.Composite(params=ocp.args.StandardRestore())).params)
     jax.tree.map(np.testing.assert_array_equal, *params)
+
+
+def test_tfds_records_map_feature_names_to_fields(tmp_path):
+    """The real TFDS reader on a small dataset written in glue/sst2's feature names (sentence, label as ClassLabel),
+    prepared as array_record as TFDS does, then encoded through glue.py's sst2 mapping."""
+    import tensorflow_datasets as tfds
+
+    class Sst2Standin(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"sentence": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2),
+                 "idx": tfds.features.Scalar(np.int32)}), disable_shuffling=True)
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(["a fine play", "dull"]),
+                    "validation": self._generate_examples(["witty"])}
+
+        def _generate_examples(self, texts):
+            for i, t in enumerate(texts):
+                yield i, {"sentence": t, "label": i % 2, "idx": i}
+
+    data_dir = str(tmp_path / "tfds")
+    Sst2Standin(data_dir=data_dir, file_format="array_record").download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    recs = ft_data.read_tfds("sst2_standin", "train", data_dir)
+    assert recs == [("tfds:sst2_standin[train] record 0", {"sentence": "a fine play", "label": 0, "idx": 0}),
+                    ("tfds:sst2_standin[train] record 1", {"sentence": "dull", "label": 1, "idx": 1})]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("glue", os.path.join(ROOT, "experiments", "finetune", "glue.py"))
+    glue = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(glue)
+    f = glue.get_config("task=sst2").finetune
+    tok = CharTokenizer("a fineplydulwt")
+    enc = ft_data.encode_classification(recs, tok, f, S, 16)
+    np.testing.assert_array_equal(enc.inputs[1, 0, :6], [100, *tok.encode("dull"), 102])
+    np.testing.assert_array_equal(enc.labels, [0, 1])
+    with pytest.raises(DataError, match="tfds:sst2_standin\\[train\\] record 0: no field 'premise'"):
+        ft_data.encode_classification(recs, tok, glue.get_config("task=mnli").finetune, S, 16)
