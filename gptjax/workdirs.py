@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gptjax import checkpoint, configs, decoding, files, sampling, sharding, tokenizer
+from gptjax.errors import ConfigError
 from gptjax.model import GPT, ModelConfig
 
 
@@ -35,10 +36,20 @@ def load_params(workdir: str, config, model_cfg: ModelConfig, mesh=None):
     return checkpoint.load_params(workdir, abstract)
 
 
-def sample_from_workdir(workdir: str, prompt: str, *, stream: bool = True, truncate: str = "error",
+def run_mesh(config):
+    """The run's own mesh (`mesh.shape`) over this process's devices, so a model trained sharded is sampled
+    sharded; when that shape cannot cover these devices, FSDP over all of them (parameters still split)."""
+    try:
+        return sharding.make_mesh(config.mesh.shape)
+    except ConfigError:
+        return sharding.make_mesh((1, -1, 1))
+
+
+def sample_from_workdir(workdir: str, prompt: str, *, stream: bool = True, truncate: str = "error", mesh=None,
                         **options) -> list[str]:
     """Prints and returns the continuations of `prompt`: the first one streamed as it is generated (sampling), the
-    rest when done. `options` are `sampling.generate`'s (max_new_tokens, temperature, beam_size, stop_strings...)."""
+    rest when done. `options` are `sampling.generate`'s (max_new_tokens, temperature, beam_size, stop_strings...).
+    Parameters are loaded sharded on `mesh` (default: `run_mesh`, the run's mesh) and stay sharded."""
     config, model_cfg, tok = load_config(workdir)
     sampling.check_options(**{k: v for k, v in options.items() if k in ("temperature", "top_k", "top_p", "beam_size",
                                                                          "num_samples")})
@@ -46,12 +57,14 @@ def sample_from_workdir(workdir: str, prompt: str, *, stream: bool = True, trunc
     beam = options.get("beam_size", 1) > 1
     prompt_ids = decoding.fit_prompts([tok.encode(prompt)], max_new, model_cfg.max_len, truncate, slide=not beam)[0]
     shown = tok.decode(prompt_ids)  # the prompt as the model sees it (its end, if truncated)
-    params = load_params(workdir, config, model_cfg)
+    mesh = mesh if mesh is not None else run_mesh(config)
+    params = load_params(workdir, config, model_cfg, mesh)
     live = stream and not beam
     if live:
         print(shown, end="", flush=True)
     completions = sampling.generate(
-        model_cfg, params, [prompt_ids], tokenizer=tok, eos_id=tok.eos_id, rules=config.mesh.logical_axis_rules,
+        model_cfg, params, [prompt_ids], tokenizer=tok, eos_id=tok.eos_id, mesh=mesh,
+        rules=config.mesh.logical_axis_rules,
         on_text=(lambda row, text: row == 0 and print(text, end="", flush=True)) if live else None, **options
     )
     texts = [shown + c.text for c in completions]
