@@ -334,8 +334,6 @@ def test_init_from_is_never_the_workdir_and_needs_the_same_tokenizer(tmp_path):
 def test_fine_tuning_from_a_pretrained_workdir_grows_the_embedding(tmp_path):
     """A whole classification run in-process on JSONL: the backbone comes from init_from (the embedding grows by the
     three special tokens), val_accuracy is logged, predictions are written, the pretrained workdir is untouched."""
-    from gptjax import checkpoint
-
     pre = tmp_path / "pre"
     tok = _pretrained_workdir(pre)
     before = sorted(str(p.relative_to(pre)) for p in pre.rglob("*"))

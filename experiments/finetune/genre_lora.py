@@ -1,7 +1,8 @@
 """The genre task with LoRA: rank-8 adapters on attention q/k/v/o and both MLP kernels, plus the task head, train;
 the pretrained weights stay frozen (so do the three new token embeddings). Higher lr, as is usual for adapters.
 
-  gptjax train --config=experiments/finetune/genre_lora.py --workdir=runs/genre_lora --config.train.init_from=runs/shakespeare
+  gptjax train --config=experiments/finetune/genre_lora.py --workdir=runs/genre_lora \
+      --config.train.init_from=runs/shakespeare
 """
 
 import importlib.util

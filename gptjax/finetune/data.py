@@ -118,7 +118,8 @@ def records(f, split: str) -> list[tuple[str, dict]]:
     if f.source == "jsonl":
         path = f.train_path if split == "train" else f.val_path
         if not path:
-            raise DataError(f"finetune.{'train' if split == 'train' else 'val'}_path: finetune.source=jsonl needs a file")
+            key = "train_path" if split == "train" else "val_path"
+            raise DataError(f"finetune.{key}: finetune.source=jsonl needs a file")
         return read_jsonl(path)
     if f.source.startswith("tfds:"):
         return read_tfds(f.source[5:], f.tfds_train_split if split == "train" else f.tfds_val_split, f.data_dir)
@@ -152,7 +153,8 @@ def encode_classification(recs, tokenizer, f, specials: transforms.Specials, seq
     if n_fields is not None and len(f.fields) != n_fields:
         raise DataError(f"finetune.fields: task_type {f.task_type} takes {n_fields} text fields, got {list(f.fields)}")
     if n_fields is None and len(f.fields) < 3:
-        raise DataError(f"finetune.fields: multiple_choice takes a context and two or more answers, got {list(f.fields)}")
+        raise DataError(f"finetune.fields: multiple_choice takes a context and two or more answers, "
+                        f"got {list(f.fields)}")
     texts, ys = [], []
     for where, rec in recs:
         texts.append([str(field(where, rec, k, "finetune.fields")) for k in f.fields])

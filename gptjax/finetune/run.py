@@ -215,7 +215,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     log(f"gptjax finetune ({f.kind}, {f.source}): {n_params / 1e6:.2f}M params"
         + (f" (LoRA rank {f.lora_rank})" if lora else "") + f", {num_train} training "
-        + ("examples" if f.kind == "classify" else "rows") + f", steps {start}..{config.train.steps}, workdir {workdir}")
+        + ("examples" if f.kind == "classify" else "rows")
+        + f", steps {start}..{config.train.steps}, workdir {workdir}")
 
     eval_batch = config.eval.batch_size or B
     if f.kind == "classify":
