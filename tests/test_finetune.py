@@ -376,7 +376,7 @@ def test_genre_fine_tuning_resumes_exactly_after_sigkill(tmp_path):
     straight == 4 steps, SIGKILL, the same command again: same losses, val_accuracy and parameters."""
     args = [f"--config={GENRE}:steps=8,seq_len=32,batch=8", "--config.model.num_layers=1",
             "--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.dropout=0.1",
-            "--config.data.vocab_size=256", "--config.train.log_every_steps=1", "--config.checkpoint.every_steps=4",
+            "--config.data.vocab_size=512", "--config.train.log_every_steps=1", "--config.checkpoint.every_steps=4",
             "--config.checkpoint.async_save=False", "--config.eval.every_steps=8", "--config.eval.batch_size=512",
             "--config.mesh.shape=(2,2,2)"]
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
