@@ -30,7 +30,15 @@ setup(
     extras_require={
         # torch 2.13.0 is the CPU build that these machines hold on local disk; it and transformers are only
         # the independent reference for the GPT-2 conversion test and the speed benchmarks.
-        "test": ["pytest>=8", "tensorboard>=2.16", "torch==2.13.0", "transformers>=4.40"],
+        # lm-evaluation-harness, for `python -m gptjax.evals.harness` and lm_eval.simple_evaluate(model="gptjax").
+        "eval": ["lm-eval==0.4.13"],
+        # BertViz's head and model views in `gptjax inspect`'s attention.html (it takes torch tensors).
+        "viz": ["bertviz==1.4.1", "torch==2.13.0"],
+        # libtpu: `gptjax plan` compiles the real TPU program ahead of time on any machine.
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        "test": ["pytest>=8", "tensorboard>=2.16", "torch==2.13.0", "transformers>=4.40", "lm-eval==0.4.13",
+                 "bertviz==1.4.1", "jax[tpu]>=0.10.2,<0.11"],
     },
+    package_data={"gptjax.analysis": ["vendor/*"]},
     entry_points={"console_scripts": ["gptjax=gptjax.main:run"]},
 )
