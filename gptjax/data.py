@@ -331,7 +331,7 @@ def _tokens(records: Callable[[], list[list[tuple[str, bool]]]], name: str, tok:
     """The token stream of `records` (uint16 when the vocabulary allows; eos after each piece that ends a
     document, if the tokenizer has one), the tokens of each record, and stats; cached as `<name>.npy`."""
     path, lengths_path, meta = (cache_dir / f"{name}{ext}" for ext in (".npy", ".lengths.npy", ".json"))
-    if meta.exists():
+    if meta.exists() and lengths_path.exists():  # a cache from before per-record lengths is built again
         return _load_npy(path), _load_npy(lengths_path), json.loads(meta.read_text())
     recs = records()
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.int32
