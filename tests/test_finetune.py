@@ -448,3 +448,14 @@ def test_tfds_records_map_feature_names_to_fields(tmp_path):
     np.testing.assert_array_equal(enc.labels, [0, 1])
     with pytest.raises(DataError, match="tfds:sst2_standin\\[train\\] record 0: no field 'premise'"):
         ft_data.encode_classification(recs, tok, glue.get_config("task=mnli").finetune, S, 16)
+
+
+def test_sample_template_comes_from_the_instruction_tuned_workdir(tmp_path):
+    from gptjax import checkpoint
+
+    c = _config(kind="sft", template="Q: {prompt}\nA:")
+    checkpoint.write_config(str(tmp_path / "sft"), c)
+    assert ft_data.render(ft_data.saved_template(str(tmp_path / "sft")), "Who?") == "Q: Who?\nA:"
+    checkpoint.write_config(str(tmp_path / "cls"), _config())
+    with pytest.raises(DataError, match="--template: .* is not an instruction-tuned run"):
+        ft_data.saved_template(str(tmp_path / "cls"))

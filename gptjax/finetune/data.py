@@ -284,3 +284,15 @@ def sft_from_plays(split: str, lines_per_prompt: int = 2) -> list[tuple[str, dic
             out.append((f"plays:{title} speech {len(out)}",
                         {"prompt": f"Continue this speech.\n{prompt}", "response": body[lines_per_prompt]}))
     return out
+
+
+def saved_template(workdir: str) -> str:
+    """The instruction template (`finetune.template`) of an instruction-tuned workdir, for `gptjax sample
+    --template`."""
+    from gptjax import checkpoint
+
+    f = checkpoint.read_config(workdir).get("finetune") or {}
+    if f.get("kind") != "sft" or not f.get("template"):
+        raise DataError(f"--template: {workdir} is not an instruction-tuned run (no finetune.kind=sft with a "
+                        "finetune.template in its config.json)")
+    return f["template"]

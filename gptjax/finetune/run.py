@@ -261,10 +261,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
         loop = trainer.run_loop(run, state, start, config.train.steps, batch_fn, hooks, writer)
     finally:
         writer.close()
+    if f.kind == "sft":
+        export_model(config, workdir, task, loop.state.params, loop.step)
     if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         metrics.plot_loss_curve(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
     loop.last["wall_seconds"] = time.time() - t_start
     return loop.last
+
+
+def export_model(config, workdir: str, task, params, step: int) -> str:
+    """An instruction-tuned model as a plain gptjax workdir, `<workdir>/model/` (config, tokenizer, params-only
+    checkpoint with any LoRA adapters merged), for `gptjax sample --workdir=<workdir>/model --template` and evals."""
+    out = os.path.join(workdir, "model")
+    merged = jax.jit(task.model_params)(params)
+    checkpoint.write_config(out, config)
+    src, dst = os.path.join(workdir, "tokenizer"), os.path.join(out, "tokenizer")
+    if jax.process_index() == 0 and not os.path.exists(dst):
+        import shutil
+
+        shutil.copytree(src, dst)
+    checkpoint.save_params(out, merged, step)
+    log(f"wrote the instruction-tuned model (adapters merged) to {out}")
+    return out
 
 
 def macro_f1(pred: np.ndarray, gold: np.ndarray, num_classes: int) -> float:
