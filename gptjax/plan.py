@@ -245,7 +245,8 @@ def build_plan(config, topology: str, num_slices: int = 1, compile_: bool = True
             hbm, peak = None, metrics.peak_flops_per_device(config.model.dtype, device)
         leaves = sorted(((_shard_bytes(x), "params" + jax.tree_util.keystr(p), x) for p, x in
                          jax.tree_util.tree_leaves_with_path(state.params)), key=lambda r: -r[0])
-        biggest = [f"{name} {np.dtype(x.dtype).name}{list(x.shape)} {b / GiB:.2f} GiB/chip" for b, name, x in leaves[:3]]
+        biggest = [f"{name} {np.dtype(x.dtype).name}{list(x.shape)} {b / GiB:.2f} GiB/chip"
+                   for b, name, x in leaves[:3]]
         report = {
             "topology": target.name, "platform": target.platform, "device_kind": device.device_kind,
             "num_chips": target.num_chips, "num_slices": target.num_slices, "mesh": dict(mesh.shape),
