@@ -1,5 +1,5 @@
-"""The `gptjax` command: `gptjax train|sample|eval|import-hf [flags]`. Thin: parses flags, starts jax.distributed
-when asked, and calls the library.
+"""The `gptjax` command: `gptjax train|sample|eval|inspect|plan|import-hf [flags]`. Thin: parses flags, starts
+jax.distributed when asked, and calls the library.
 
 Bad input (a `GptjaxError`, raised anywhere, or a flag or config key that cannot be parsed) ends with one line
 `gptjax: error: ...` and exit status 2. Every other exception keeps its traceback: it is a bug. `main(argv)` runs a
@@ -14,13 +14,17 @@ from absl import flags, logging
 
 from gptjax.errors import ConfigError, GptjaxError
 
-COMMANDS = ("train", "sample", "eval", "import-hf")
+COMMANDS = ("train", "sample", "eval", "import-hf", "inspect", "plan")
 USAGE = (
     "usage: gptjax train [--config=FILE[:ARG]] --workdir=DIR [--config.KEY=VALUE ...]\n"
     "       gptjax sample --workdir=DIR (--prompt=TEXT | --prompt_file=FILE) [--max_new_tokens --temperature "
     "--top_k --top_p --beam_size --length_penalty --num_samples --stop --truncate --seed]\n"
     "       gptjax eval --workdir=DIR[,DIR...] [--config=FILE[:ARG]] [--config.tasks=...]\n"
-    "       gptjax import-hf --hf_dir=DIR --workdir=DIR"
+    "       gptjax import-hf --hf_dir=DIR --workdir=DIR\n"
+    "       gptjax inspect --workdir=DIR (--text=TEXT | --text_file=FILE) --out=DIR [--layers --heads --truncate "
+    "--nohtml]\n"
+    "       gptjax plan [--config=FILE[:ARG]] --topology=v5e-256|v4-128|v5p-512|v5e:4x4|cpu:8 [--num_slices=N] "
+    "[--json] [--config.KEY=VALUE ...]"
 )
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 # What a config file or an override can raise for bad input (ml_collections wraps them); anything else, such as
@@ -71,6 +75,8 @@ def _define_sample(fv, argv):
     flags.DEFINE_enum("truncate", "error", ["error", "left"],
                       "A prompt too long for the context: fail, or keep its end.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same text.", flag_values=fv)
+    flags.DEFINE_boolean("template", False, "Put the prompt in the instruction template of the workdir's "
+                         "fine-tuning run (finetune.template), as it was trained.", flag_values=fv)
 
 
 def _define_eval(fv, argv):
@@ -84,6 +90,23 @@ def _define_import_hf(fv, argv):
     _define_common(fv)
     flags.DEFINE_string("hf_dir", None, "A transformers GPT-2 directory (config.json + *.safetensors).",
                         flag_values=fv)
+
+
+def _define_inspect(fv, argv):
+    from gptjax.analysis import inspect_cli
+
+    _define_common(fv)
+    inspect_cli.define_flags(fv, argv)
+
+
+def _define_plan(fv, argv):
+    from gptjax import plan
+
+    define_config(fv, argv)
+    flags.DEFINE_string("topology", None, f"Target to compile for: {plan.TOPOLOGY_HELP}.", flag_values=fv)
+    flags.DEFINE_integer("num_slices", 1, "TPU slices of --topology, joined over the data axis (multislice).",
+                         flag_values=fv)
+    flags.DEFINE_bool("json", False, "Print the report as JSON.", flag_values=fv)
 
 
 def _init_distributed(f):
@@ -119,6 +142,10 @@ def _sample(f):
     if f.prompt_file is not None and not os.path.isfile(f.prompt_file):
         raise GptjaxError(f"--prompt_file: no such file: {f.prompt_file}")
     prompt = f.prompt if f.prompt is not None else open(f.prompt_file, encoding="utf-8").read()
+    if f.template:
+        from gptjax.finetune import data as finetune_data
+
+        prompt = finetune_data.render(finetune_data.saved_template(f.workdir), prompt)
     stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in f.stop]
     workdirs.sample_from_workdir(
         f.workdir, prompt, max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_k=f.top_k,
@@ -141,11 +168,29 @@ def _import_hf(f):
     workdirs.import_hf(f.hf_dir, f.workdir)
 
 
+def _inspect(f):
+    from gptjax.analysis import inspect_cli
+
+    inspect_cli.run(f)
+
+
+def _plan(f):
+    from gptjax import configs, plan
+
+    if not f.topology:
+        raise GptjaxError(f"--topology: required ({plan.TOPOLOGY_HELP})")
+    config = configs.finalize(_config(f))
+    name = os.path.relpath(f["config"].config_filename) if f["config"].config_filename else ""
+    plan.run(config, f.topology, f.num_slices, as_json=f.json, config_name=name)
+
+
 _DISPATCH = {
     "train": (_define_train, _train),
     "sample": (_define_sample, _sample),
     "eval": (_define_eval, _eval),
     "import-hf": (_define_import_hf, _import_hf),
+    "inspect": (_define_inspect, _inspect),
+    "plan": (_define_plan, _plan),
 }
 
 
@@ -199,10 +244,12 @@ def main(argv) -> int:
             if config_err is None:
                 raise
             raise config_err from None
-        if fv["workdir"].value is None:
+        # plan has no workdir; eval may take its workdirs from the config (an evaluation sweep from one file)
+        if "workdir" in fv and fv["workdir"].value is None and command != "eval":
             raise GptjaxError("--workdir: required")
         logging.set_verbosity(logging.WARNING)  # absl/orbax INFO lines would drown the progress lines
-        _init_distributed(fv)
+        if "distributed" in fv:
+            _init_distributed(fv)
         fn(fv)
     except GptjaxError as err:
         print(f"gptjax: error: {err}", file=sys.stderr)

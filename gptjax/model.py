@@ -11,6 +11,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from gptjax import kernels
 from gptjax.errors import ConfigError
@@ -43,7 +44,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype: bfloat16 for mixed precision
     scan_layers: bool = False  # nn.scan over blocks: one compiled block, faster compiles for deep models
-    remat: str = "none"  # none | full: rematerialise each block in the backward pass
+    remat: str = "none"  # what each block keeps for the backward pass: one of REMAT_POLICIES (none keeps all)
     # Implementations (gptjax/kernels): reference is the plain definition; auto picks per platform.
     attention_impl: str = "auto"  # auto | reference | cpu_fused | cudnn | splash
     norm_impl: str = "auto"  # auto | reference | cpu_fused
@@ -71,6 +72,29 @@ class ModelConfig:
     @property
     def residual_init_std(self) -> float:
         return self.init_std / math.sqrt(2 * self.num_layers) if self.scale_residual_init else self.init_std
+
+
+# model.remat: which activations of a block are saved for the backward pass; the rest is recomputed there.
+# none: no rematerialisation (everything saved). full: only the block's input. dots_saveable: every matmul output.
+# dots_with_no_batch_dims_saveable: the projections, not the attention scores (dots with batch dims).
+# save_qkv_proj: only the q/k/v projection. minimal (MaxText's name): the four projections (qkv_proj, out_proj,
+# mlpwi, mlpwo), so only attention and elementwise work is recomputed. The names are checkpoint_name tags below.
+_SAVED_NAMES = {"save_qkv_proj": ("qkv_proj",), "minimal": ("qkv_proj", "out_proj", "mlpwi", "mlpwo")}
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_qkv_proj", "minimal")
+
+
+def remat_policy(name: str):
+    """The jax.checkpoint policy of `model.remat` (None for `none`, which does not rematerialise)."""
+    cp = jax.checkpoint_policies
+    if name == "none":
+        return None
+    if name == "full":
+        return cp.nothing_saveable
+    if name in ("dots_saveable", "dots_with_no_batch_dims_saveable"):
+        return getattr(cp, name)
+    if name in _SAVED_NAMES:
+        return cp.save_only_these_names(*_SAVED_NAMES[name])
+    raise ConfigError(f"model.remat: {name!r} is not one of {', '.join(REMAT_POLICIES)}")
 
 
 def model_config_dict():
@@ -135,6 +159,7 @@ class CausalSelfAttention(nn.Module):
         if c.use_bias:
             b_qkv = _param(self, "qkv_bias", nn.initializers.zeros, (3, H, K), (None, "heads", "kv"), c)
             qkv_BxTx3xHxK = qkv_BxTx3xHxK + b_qkv.astype(dtype)
+        qkv_BxTx3xHxK = checkpoint_name(qkv_BxTx3xHxK, "qkv_proj")
         q_BxTxHxK, k_BxSxHxK, v_BxSxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
         B, T = x_BxTxD.shape[:2]
         probs_BxHxTxS = None
@@ -184,7 +209,7 @@ class CausalSelfAttention(nn.Module):
         y_BxTxD = jnp.einsum("bthk,hkd->btd", out_BxTxHxK, w_o.astype(dtype))
         if c.use_bias:
             y_BxTxD = y_BxTxD + _param(self, "out_bias", nn.initializers.zeros, (D,), ("embed",), c).astype(dtype)
-        return y_BxTxD
+        return checkpoint_name(y_BxTxD, "out_proj")
 
 
 _ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=True), "relu": jax.nn.relu}
@@ -202,12 +227,13 @@ class MLP(nn.Module):
         h_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, w_in.astype(dtype))
         if c.use_bias:
             h_BxTxF = h_BxTxF + _param(self, "fc_bias", nn.initializers.zeros, (F,), ("mlp",), c).astype(dtype)
+        h_BxTxF = checkpoint_name(h_BxTxF, "mlpwi")
         h_BxTxF = nn.with_logical_constraint(_ACTIVATIONS[c.activation](h_BxTxF), ("batch", "length", "act_mlp"))
         w_out = _param(self, "proj_kernel", nn.initializers.normal(c.residual_init_std), (F, D), ("mlp", "embed"), c)
         y_BxTxD = jnp.einsum("btf,fd->btd", h_BxTxF, w_out.astype(dtype))
         if c.use_bias:
             y_BxTxD = y_BxTxD + _param(self, "proj_bias", nn.initializers.zeros, (D,), ("embed",), c).astype(dtype)
-        return y_BxTxD
+        return checkpoint_name(y_BxTxD, "mlpwo")
 
 
 class Block(nn.Module):
@@ -229,7 +255,9 @@ class Block(nn.Module):
         else:
             x_BxTxD = ln_1(x_BxTxD + drop(attn(x_BxTxD), deterministic=not train))
             x_BxTxD = ln_2(x_BxTxD + drop(mlp(x_BxTxD), deterministic=not train))
-        return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed"))
+        x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed"))
+        self.sow("residuals", "stream", x_BxTxD)  # kept only when "residuals" is mutable (gptjax.analysis)
+        return x_BxTxD
 
 
 class _ScanBlock(nn.Module):
@@ -292,14 +320,15 @@ class GPT(nn.Module):
             x_BxTxD = x_BxTxD + jnp.take(sinusoidal_table(c.max_len, c.d_model), positions_BxT, axis=0).astype(dtype)
         x_BxTxD = nn.Dropout(c.dropout)(x_BxTxD, deterministic=not train)
         x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed"))
+        self.sow("residuals", "embeddings", x_BxTxD)  # the residual stream before the first block
 
         if c.scan_layers:
             block = _ScanBlock
-            if c.remat == "full":
-                block = nn.remat(block, prevent_cse=False)
+            if c.remat != "none":
+                block = nn.remat(block, prevent_cse=False, policy=remat_policy(c.remat))
             stack = nn.scan(
                 block,
-                variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+                variable_axes={"params": 0, "cache": 0, "intermediates": 0, "residuals": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=nn.broadcast,
                 length=c.num_layers,
@@ -307,7 +336,9 @@ class GPT(nn.Module):
             )
             x_BxTxD, _ = stack(c, train, decode, name="h")(x_BxTxD, kv_mask_BxS, segment_ids_BxT)
         else:
-            block = nn.remat(Block, static_argnums=(4, 5)) if c.remat == "full" else Block
+            block = Block
+            if c.remat != "none":
+                block = nn.remat(Block, static_argnums=(4, 5), policy=remat_policy(c.remat))
             for i in range(c.num_layers):
                 x_BxTxD = block(c, name=f"h_{i}")(x_BxTxD, kv_mask_BxS, segment_ids_BxT, train, decode)
 

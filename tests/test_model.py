@@ -141,3 +141,42 @@ def test_dropout_only_in_training():
     c = GPT(cfg).apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(1)})
     d = GPT(cfg).apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(2)})
     assert float(jnp.abs(c - d).max()) > 1e-3
+
+
+@pytest.mark.parametrize("scan", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_remat_policies_give_the_losses_and_gradients_of_none(scan):
+    from gptjax.model import REMAT_POLICIES, cross_entropy
+
+    cfg = dataclasses.replace(TINY, scan_layers=scan, dropout=0.1, attention_impl="reference")
+    params = init(cfg)
+    x, y = tokens(seed=1), tokens(seed=2)
+
+    def loss_and_grads(remat):
+        model = GPT(dataclasses.replace(cfg, remat=remat))
+        loss = lambda p: cross_entropy(model.apply({"params": p}, x, train=True,  # noqa: E731
+                                                   rngs={"dropout": jax.random.key(3)}), y)[0]
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    want_loss, want_grads = loss_and_grads("none")
+    for remat in REMAT_POLICIES[1:]:
+        loss, grads = loss_and_grads(remat)
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-6, err_msg=remat)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=remat), grads,
+                     want_grads)
+
+
+def test_remat_policies_save_what_they_name():
+    """Each policy keeps a different amount for the backward pass (none of them is `none` or `full` in disguise)."""
+    from jax._src.ad_checkpoint import saved_residuals
+
+    from gptjax.model import REMAT_POLICIES, cross_entropy
+
+    cfg = dataclasses.replace(TINY, attention_impl="reference", norm_impl="reference", loss_impl="reference")
+    params, x = init(cfg), tokens()
+    counts = {}
+    for remat in REMAT_POLICIES:
+        model = GPT(dataclasses.replace(cfg, remat=remat))
+        f = lambda p: cross_entropy(model.apply({"params": p}, x), x)[0]  # noqa: E731
+        counts[remat] = sum(aval.size for aval, _ in saved_residuals(f, params))  # elements kept
+    assert counts["full"] < counts["save_qkv_proj"] < counts["minimal"] < counts["dots_saveable"] < counts["none"]
+    assert counts["dots_with_no_batch_dims_saveable"] < counts["dots_saveable"]
