@@ -16,7 +16,7 @@ PRESETS = {
     "gpt3-small": (12, 768, 12, 2048, 50257, "pre"),
     "gpt3-medium": (24, 1024, 16, 2048, 50257, "pre"),
     "gpt3-large": (24, 1536, 16, 2048, 50257, "pre"),
-    "gpt3-xl": (24, 2048, 24, 2048, 50257, "pre"),
+    "gpt3-xl": (24, 2048, 16, 2048, 50257, "pre"),  # the table prints 24 heads of 128, which 2048 cannot hold
     "gpt3-2.7b": (32, 2560, 32, 2048, 50257, "pre"),
     "gpt3-6.7b": (32, 4096, 32, 2048, 50257, "pre"),
     "gpt3-13b": (40, 5120, 40, 2048, 50257, "pre"),  # the table prints 5140, which 40 heads of 128 cannot make
