@@ -10,10 +10,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest  # noqa: E402
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end checks that take more than a few seconds (they still run in CI)")
-
-
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory):
     """A small real-text corpus: the first 200 kB of Shakespeare's plays from the embedded source."""

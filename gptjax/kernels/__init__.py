@@ -14,6 +14,8 @@ keeps them out of the way only when asked to.
 
 import contextlib
 
+import sys
+
 import jax
 import jax.numpy as jnp
 
@@ -50,7 +52,8 @@ def _announce(key: str, requested: str, chosen: str, why: str = "") -> None:
     _announced.add((key, requested, chosen, why))
     if jax.process_index() == 0:
         note = f" ({why})" if why else ""
-        print(f"gptjax: model.{key}={requested} -> {chosen} on {platform()}{note}", flush=True)
+        # stderr: stdout is the command's output (sampled text, reports)
+        print(f"gptjax: model.{key}={requested} -> {chosen} on {platform()}{note}", file=sys.stderr, flush=True)
 
 
 def check_platform(requested: str) -> None:
