@@ -249,6 +249,7 @@ def test_lora_trains_only_the_adapters_and_the_head():
     assert n_opt == 2 * n_train < sum(x.size for x in jax.tree.leaves(state.params["model"]["gpt"]))
 
 
+@pytest.mark.slow
 def test_sharded_fine_tuning_equals_one_device():
     batches = [_cls_batch(np.random.default_rng(10 + s), B=8) for s in range(3)]
     c = _config()
@@ -331,6 +332,7 @@ def test_init_from_is_never_the_workdir_and_needs_the_same_tokenizer(tmp_path):
         run.train_and_evaluate(c, str(tmp_path / "ft"))
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_a_pretrained_workdir_grows_the_embedding(tmp_path):
     """A whole classification run in-process on JSONL: the backbone comes from init_from (the embedding grows by the
     three special tokens), val_accuracy is logged, predictions are written, the pretrained workdir is untouched."""

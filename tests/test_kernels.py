@@ -60,6 +60,7 @@ def test_cpu_fused_equals_reference_on_the_whole_model(variant):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), grads_f, grads_r)
 
 
+@pytest.mark.slow
 def test_packed_segments_equal_separate_rows():
     """Two examples packed in one row (segment ids) give each example's own logits, positions restarting."""
     params = nn.unbox(GPT(TINY).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
@@ -100,6 +101,7 @@ def test_splash_equals_reference_with_segments():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_an_ablation_written_only_in_the_reference_trains(monkeypatch):
     """Soft-capped attention logits (Gemma 2), written only in reference.attention_heads: with
     attention_impl=reference the model uses it and its gradients are right (finite differences; the logits

@@ -143,7 +143,8 @@ def test_dropout_only_in_training():
     assert float(jnp.abs(c - d).max()) > 1e-3
 
 
-@pytest.mark.parametrize("scan", [True, pytest.param(False, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("scan", [True, False])
 def test_remat_policies_give_the_losses_and_gradients_of_none(scan):
     from gptjax.model import REMAT_POLICIES, cross_entropy
 

@@ -286,7 +286,8 @@ def test_generation_slides_past_the_context():
     assert sampled[0].tokens[:19].tolist() != sampled[0].tokens[19:38].tolist()  # windows do not replay draws
 
 
-@pytest.mark.parametrize("shape", [(2, 1, 4), (1, 8, 1), (4, 1, 2)])
+@pytest.mark.parametrize("shape", [pytest.param((2, 1, 4), marks=pytest.mark.slow),
+                                   pytest.param((1, 8, 1), marks=pytest.mark.slow), (4, 1, 2)])
 def test_generation_on_a_sharded_model_matches_one_device(params, shape):
     cfg = dataclasses.replace(CFG, scan_layers=shape == (1, 8, 1))
     if cfg.scan_layers:

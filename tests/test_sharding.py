@@ -46,7 +46,8 @@ def reference():
     return run((1, 1, 1))
 
 
-@pytest.mark.parametrize("mesh_shape", MESHES)
+@pytest.mark.parametrize("mesh_shape", [MESHES[2]] + [pytest.param(m, marks=pytest.mark.slow)
+                                                     for m in MESHES if m != MESHES[2]])
 def test_sharded_equals_single_device(reference, mesh_shape):
     ref_losses, ref_grads, _ = reference
     losses, grads, state = run(mesh_shape)
@@ -59,6 +60,7 @@ def test_sharded_equals_single_device(reference, mesh_shape):
     assert state.params["h_0"]["mlp"]["fc_kernel"].sharding.mesh.devices.size == 8
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_full_batch():
     """4 micro-batches give the same losses as one batch (dropout off: the RNG streams differ)."""
     def run_nodrop(accum):
@@ -80,6 +82,7 @@ def test_gradient_accumulation_equals_full_batch():
     np.testing.assert_allclose(run_nodrop(4), run_nodrop(1), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_scan_layers_shard_over_the_mesh(reference):
     losses, _, state = run((1, 2, 4), scan=True, steps=1)
     assert state.params["h"]["block"]["mlp"]["fc_kernel"].shape[0] == 2  # stacked layers

@@ -73,6 +73,7 @@ def test_loss_falls_on_real_text(corpus_file, tmp_path):
     assert {"train_loss", "val_loss", "val_bpb"} <= set(events.Tags()["scalars"])
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_batch(corpus_file):
     c = char_config(corpus_file)
     c.model.update(num_layers=2, d_model=64, num_heads=4)
@@ -93,6 +94,7 @@ def test_tiny_model_overfits_one_batch(corpus_file):
     assert float(out["train_loss"]) < 0.1
 
 
+@pytest.mark.slow
 def test_restore_onto_a_different_mesh(corpus_file, tmp_path):
     c = char_config(corpus_file, batch_size=16)
     c.model.vocab_size = 65
@@ -207,6 +209,7 @@ def test_sigterm_saves_and_half_written_checkpoints_are_skipped(corpus_file, tmp
     assert f"checkpoints/{saved + 3}" in out and checkpoint.latest_step(workdir) == saved + 5
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(corpus_file, tmp_path):
     c = char_config(corpus_file, steps=30, log_every_steps=5)
     c.checkpoint.update(every_steps=5, async_save=False)
