@@ -103,6 +103,30 @@ def write_text(p, text: str) -> None:
     atomic_write(p, lambda f: f.write(text.encode("utf-8")))
 
 
+def read_jsonl(p) -> list[tuple[str, dict]]:
+    """(where, record) for each non-empty line of a JSONL file (local or a URL); `where` is 'FILE:LINE'. A missing
+    file or a line that is not a JSON object is a DataError naming the file and line."""
+    import json
+
+    from gptjax.errors import DataError
+
+    f = path(p)
+    if not f.is_file():
+        raise DataError(f"{p}: no such file")
+    out = []
+    for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{p}:{i}: not a JSON object ({err.msg})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{p}:{i}: not a JSON object")
+        out.append((f"{p}:{i}", rec))
+    return out
+
+
 def copytree(src, dst) -> None:
     """Copies directory `src` to `dst` (either may be a URL), file by file."""
     src, dst = path(src), path(dst)

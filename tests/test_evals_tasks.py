@@ -158,7 +158,7 @@ def test_benchmark_prompts_follow_lm_eval():
 
 @pytest.mark.parametrize("task_spec, message", [
     ("nosuchtask", "unknown task 'nosuchtask'"),
-    ("piqa:path={d}/bad_missing_field.jsonl", "bad_missing_field.jsonl line 1: missing field 'sol2'"),
+    ("piqa:path={d}/bad_missing_field.jsonl", "bad_missing_field.jsonl:1: missing field 'sol2'"),
     ("hellaswag:path={d}/bad_empty_choices.jsonl", "example 0: empty choices"),
     ("copa:path={d}/bad_target.jsonl", "example 0: target 5 is not an index into its 2 choices"),
     ("copa:path={d}/no_such_file.jsonl", "no such file"),

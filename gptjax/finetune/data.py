@@ -7,15 +7,13 @@ string form must be one of `labels` (its index is the class; for multiple choice
 right answer). Bad input is one DataError naming the file and line (JSONL), or the dataset and record (TFDS).
 """
 
-import json
 import math
-import os
-import pathlib
 import re
 from collections.abc import Iterator
 
 import numpy as np
 
+from gptjax import files
 from gptjax.datasets.shakespeare import plays as plays_lib
 from gptjax.errors import DataError
 from gptjax.finetune import transforms
@@ -23,24 +21,7 @@ from gptjax.finetune import transforms
 # --- records -------------------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: str) -> list[tuple[str, dict]]:
-    """(where, record) per non-empty line; `where` is 'FILE:LINE'."""
-    p = pathlib.Path(os.path.expanduser(path))
-    if not p.is_file():
-        raise DataError(f"{path}: no such file")
-    out = []
-    with open(p, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{i}: not a JSON object ({err.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{i}: not a JSON object")
-            out.append((f"{path}:{i}", rec))
-    return out
+read_jsonl = files.read_jsonl  # (where, record) per line, where = 'FILE:LINE'
 
 
 def read_tfds(name: str, split: str, data_dir: str = "") -> list[tuple[str, dict]]:

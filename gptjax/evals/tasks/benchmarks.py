@@ -27,6 +27,7 @@ import json
 import os
 import re
 
+from gptjax import files
 from gptjax.errors import DataError
 from gptjax.evals.tasks.base import Example, Task
 
@@ -73,18 +74,7 @@ def _read_rows(path: str) -> list[_Row]:
         if not isinstance(rows, list):
             raise DataError(f"{path}: expected a list of records or {{'Data': [...]}}")
         return [_Row(r, f"{path} record {i}") for i, r in enumerate(rows)]
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path} line {n}: not JSON ({e.msg})") from e
-        if not isinstance(row, dict):
-            raise DataError(f"{path} line {n}: expected a JSON object")
-        rows.append(_Row(row, f"{path} line {n}"))
-    return rows
+    return [_Row(row, where) for where, row in files.read_jsonl(path)]
 
 
 def _decode(x):
