@@ -20,6 +20,7 @@ import pytest
 
 from gptjax import analysis, tasks
 from gptjax.model import GPT, ModelConfig, cross_entropy
+from helpers import gptjax_in_process, one_line_error
 
 TINY = ModelConfig(vocab_size=41, num_layers=2, d_model=32, num_heads=4, max_len=24)
 
@@ -199,40 +200,30 @@ def workdir(tmp_path_factory):
 
 
 def run_inspect(capsys, *args):
-    from gptjax import main
-
-    status = main.main(["gptjax", "inspect", *args])
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
-def one_line(capsys, message, *args):
-    status, _, err = run_inspect(capsys, *args)
-    assert status == 2 and err.startswith("gptjax: error: ") and err.count("\n") == 1, err
-    assert message in err, err
+    return gptjax_in_process(capsys, "inspect", *args)
 
 
 def test_inspect_bad_input_is_one_line(workdir, tmp_path, capsys, monkeypatch):
     out = f"--out={tmp_path / 'out'}"
-    one_line(capsys, "text: empty", f"--workdir={workdir}", "--text=   ", out)
-    one_line(capsys, "give exactly one of --text and --text_file", f"--workdir={workdir}", out)
-    one_line(capsys, "give exactly one of --text and --text_file", f"--workdir={workdir}", "--text=a",
+    one_line_error(capsys, "text: empty", "inspect", f"--workdir={workdir}", "--text=   ", out)
+    one_line_error(capsys, "give exactly one of --text and --text_file", "inspect", f"--workdir={workdir}", out)
+    one_line_error(capsys, "give exactly one of --text and --text_file", "inspect", f"--workdir={workdir}", "--text=a",
              f"--text_file={tmp_path}/t.txt", out)
-    one_line(capsys, "--text_file: no such file", f"--workdir={workdir}", f"--text_file={tmp_path}/nope.txt", out)
-    one_line(capsys, "--out: required", f"--workdir={workdir}", "--text=the cat")
-    one_line(capsys, "needs at least 2", f"--workdir={workdir}", "--text=a", out)
-    one_line(capsys, "text: 100 tokens is longer than the model's context of 64 tokens", f"--workdir={workdir}",
+    one_line_error(capsys, "--text_file: no such file", "inspect", f"--workdir={workdir}", f"--text_file={tmp_path}/nope.txt", out)
+    one_line_error(capsys, "--out: required", "inspect", f"--workdir={workdir}", "--text=the cat")
+    one_line_error(capsys, "needs at least 2", "inspect", f"--workdir={workdir}", "--text=a", out)
+    one_line_error(capsys, "text: 100 tokens is longer than the model's context of 64 tokens", "inspect", f"--workdir={workdir}",
              "--text=" + "a" * 100, "--truncate=error", out)
-    one_line(capsys, "--layers: 2 is out of range; the model has 2 layers (0..1)", f"--workdir={workdir}",
+    one_line_error(capsys, "--layers: 2 is out of range; the model has 2 layers (0..1)", "inspect", f"--workdir={workdir}",
              "--text=the cat", "--layers=0,2", out)
-    one_line(capsys, "--heads: 4 is out of range; the model has 4 heads (0..3)", f"--workdir={workdir}",
+    one_line_error(capsys, "--heads: 4 is out of range; the model has 4 heads (0..3)", "inspect", f"--workdir={workdir}",
              "--text=the cat", "--heads=4", out)
-    one_line(capsys, "--heads: 'x' is not an integer", f"--workdir={workdir}", "--text=the cat", "--heads=x", out)
+    one_line_error(capsys, "--heads: 'x' is not an integer", "inspect", f"--workdir={workdir}", "--text=the cat", "--heads=x", out)
     empty = make_workdir(tmp_path / "noparams", with_params=False)
-    one_line(capsys, "no complete checkpoint found", f"--workdir={empty}", "--text=the cat", out)
-    one_line(capsys, "not a gptjax workdir", f"--workdir={tmp_path}", "--text=the cat", out)
+    one_line_error(capsys, "no complete checkpoint found", "inspect", f"--workdir={empty}", "--text=the cat", out)
+    one_line_error(capsys, "not a gptjax workdir", "inspect", f"--workdir={tmp_path}", "--text=the cat", out)
     monkeypatch.setitem(sys.modules, "bertviz", None)  # the [viz] extra missing: import fails
-    one_line(capsys, "pip install 'gptjax[viz]'", f"--workdir={workdir}", "--text=the cat", out)
+    one_line_error(capsys, "pip install 'gptjax[viz]'", "inspect", f"--workdir={workdir}", "--text=the cat", out)
     assert not os.path.exists(tmp_path / "out")  # every check ran before anything was written
 
 

@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import gptjax_in_process
+from helpers import one_line_error as one_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,20 +112,6 @@ def char_workdir(corpus_file, tmp_path_factory):
     return workdir
 
 
-def in_process(capsys, *args):
-    from gptjax import main
-
-    status = main.main(["gptjax", *args])
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
-def one_line(capsys, message, *args):
-    status, _, err = in_process(capsys, *args)
-    assert status == 2 and err.startswith("gptjax: error: ") and err.count("\n") == 1, err
-    assert message in err, err
-
-
 def test_sample_errors(char_workdir, capsys, tmp_path):
     workdir = char_workdir
     one_line(capsys, "prompt: 70 tokens leaves no room for a new token in the model's context of 64 tokens",
@@ -138,7 +126,7 @@ def test_sample_errors(char_workdir, capsys, tmp_path):
              f"--prompt_file={tmp_path / 'none.txt'}")
     one_line(capsys, "give exactly one of --prompt and --prompt_file", "sample", f"--workdir={workdir}")
     one_line(capsys, "not in the", "sample", f"--workdir={workdir}", "--prompt=\u2603")
-    status, out, _ = in_process(capsys, "sample", f"--workdir={workdir}", "--prompt=ROMEO:", "--max_new_tokens=100",
+    status, out, _ = gptjax_in_process(capsys, "sample", f"--workdir={workdir}", "--prompt=ROMEO:", "--max_new_tokens=100",
                                 "--temperature=0")  # past the 64-token context: the window slides
     assert status == 0 and len(out.split("\n-----")[0]) == len("ROMEO:") + 100
 

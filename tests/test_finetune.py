@@ -4,8 +4,6 @@ loss and packing, LoRA, bad input, sharded runs and exact resume."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import flax.linen as nn
@@ -23,6 +21,7 @@ from gptjax.finetune import heads, lora, run, tasks, transforms
 from gptjax.model import GPT, ModelConfig
 from gptjax.tokenizer import CharTokenizer
 from gptjax.trainer import Trainer
+from helpers import gptjax_subprocess, metrics_by_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENRE = os.path.join(ROOT, "experiments", "finetune", "genre.py")
@@ -358,20 +357,6 @@ def test_fine_tuning_from_a_pretrained_workdir_grows_the_embedding(tmp_path):
     assert cfg["model"]["vocab_size"] == tok.vocab_size + 3
 
 
-def _cli(*args):
-    return subprocess.Popen([sys.executable, "-m", "gptjax.main", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
-
-
-def _metrics(workdir, key):
-    out = {}
-    for line in open(os.path.join(workdir, "metrics.jsonl")):
-        row = json.loads(line)
-        if key in row:
-            out[row["step"]] = row[key]
-    return out
-
-
 @pytest.mark.slow
 def test_genre_fine_tuning_resumes_exactly_after_sigkill(tmp_path):
     """`gptjax train --config=experiments/finetune/genre.py` (tiny model, from scratch, dropout on): 8 steps
@@ -382,10 +367,10 @@ def test_genre_fine_tuning_resumes_exactly_after_sigkill(tmp_path):
             "--config.checkpoint.async_save=False", "--config.eval.every_steps=8", "--config.eval.batch_size=512",
             "--config.mesh.shape=(2,2,2)"]
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    p = _cli("train", f"--workdir={straight}", *args)
+    p = gptjax_subprocess("train", f"--workdir={straight}", *args)
     out, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-3000:]
-    p = _cli("train", f"--workdir={killed}", *args)
+    p = gptjax_subprocess("train", f"--workdir={killed}", *args)
     start = time.time()
     while not os.path.isdir(os.path.join(killed, "checkpoints", "4")):
         assert p.poll() is None, p.stderr.read()[-2000:]
@@ -394,14 +379,14 @@ def test_genre_fine_tuning_resumes_exactly_after_sigkill(tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not os.path.exists(os.path.join(killed, "checkpoints", "8")), "the run finished before it was killed"
-    p = _cli("train", f"--workdir={killed}", *args)
+    p = gptjax_subprocess("train", f"--workdir={killed}", *args)
     out, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-3000:]
     assert "resumed from" in out and "checkpoints/4" in out
-    a, b = _metrics(straight, "train_loss"), _metrics(killed, "train_loss")
+    a, b = metrics_by_step(straight, "train_loss"), metrics_by_step(killed, "train_loss")
     assert sorted(a) == sorted(b) == list(range(1, 9))
     assert [a[s] for s in range(5, 9)] == [b[s] for s in range(5, 9)]
-    assert _metrics(straight, "val_accuracy") == _metrics(killed, "val_accuracy") != {}
+    assert metrics_by_step(straight, "val_accuracy") == metrics_by_step(killed, "val_accuracy") != {}
     assert open(os.path.join(straight, "predictions.jsonl")).read() == open(os.path.join(killed,
                                                                                    "predictions.jsonl")).read()
     params = []

@@ -4,8 +4,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -14,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from gptjax import checkpoint, configs, errors, sharding, tasks, train
+from helpers import gptjax_subprocess, metrics_by_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAR = os.path.join(ROOT, "experiments", "pretrain", "shakespeare_char.py")
@@ -32,21 +31,6 @@ def char_config(corpus, **train_overrides):
     c.sample.max_new_tokens = 20
     c.train.update(train_overrides)
     return c
-
-
-def cli(*args, timeout=600, **kwargs):
-    cmd = [sys.executable, "-m", "gptjax.main", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, **kwargs)
-
-
-def metrics_by_step(workdir, key="train_loss"):
-    """The last value logged for each step (a resumed run logs its steps again)."""
-    out = {}
-    for line in open(os.path.join(workdir, "metrics.jsonl")):
-        row = json.loads(line)
-        if key in row:
-            out[row["step"]] = row[key]
-    return out
 
 
 @pytest.mark.slow
@@ -144,16 +128,16 @@ def test_resume_after_sigkill_is_exact(corpus_file, tmp_path):
             "--config.eval.steps=150", "--config.model.dropout=0.1", "--config.sample.max_new_tokens=10",
             "--config.checkpoint.async_save=False", "--config.mesh.shape=(2,2,2)"]
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    p = cli("train", f"--workdir={straight}", *args)
+    p = gptjax_subprocess("train", f"--workdir={straight}", *args)
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
 
-    p = cli("train", f"--workdir={killed}", *args)
+    p = gptjax_subprocess("train", f"--workdir={killed}", *args)
     _wait_for(lambda: os.path.isdir(os.path.join(killed, "checkpoints", "20")), p)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not os.path.exists(os.path.join(killed, "checkpoints", "40")), "the run finished before it was killed"
-    p = cli("train", f"--workdir={killed}", *args)
+    p = gptjax_subprocess("train", f"--workdir={killed}", *args)
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
     assert "resumed from" in out and "checkpoints/20" in out
@@ -174,7 +158,7 @@ def test_sigterm_saves_and_half_written_checkpoints_are_skipped(corpus_file, tmp
     workdir = str(tmp_path / "run")
     args = [f"--config={CHAR}", f"--config.data.path={corpus_file}", "--config.train.log_every_steps=1",
             "--config.checkpoint.every_steps=1000", "--config.mesh.shape=(2,2,2)", "--config.sample.max_new_tokens=5"]
-    p = cli("train", f"--workdir={workdir}", *args, "--config.train.steps=100000")
+    p = gptjax_subprocess("train", f"--workdir={workdir}", *args, "--config.train.steps=100000")
     _wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl"))
               and len(open(os.path.join(workdir, "metrics.jsonl")).readlines()) >= 5, p)
     p.send_signal(signal.SIGTERM)
@@ -188,21 +172,21 @@ def test_sigterm_saves_and_half_written_checkpoints_are_skipped(corpus_file, tmp
     tmp = os.path.join(workdir, "checkpoints", f"{saved + 50}.orbax-checkpoint-tmp-1234")
     os.makedirs(os.path.join(tmp, "params"))
     open(os.path.join(tmp, "params", "garbage"), "w").write("half")
-    p = cli("train", f"--workdir={workdir}", *args, f"--config.train.steps={saved + 3}")
+    p = gptjax_subprocess("train", f"--workdir={workdir}", *args, f"--config.train.steps={saved + 3}")
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
     assert f"checkpoints/{saved}" in out
     assert checkpoint.latest_step(workdir) == saved + 3
 
     # The same workdir with another model: one line, nothing lost.
-    p = cli("train", f"--workdir={workdir}", *args, "--config.model.num_layers=2")
+    p = gptjax_subprocess("train", f"--workdir={workdir}", *args, "--config.model.num_layers=2")
     out, err = p.communicate(timeout=120)
     assert p.returncode == 2 and err.count("\n") == 1
     assert "holds a different run (model.num_layers=4 there, 2 here)" in err
     assert checkpoint.latest_step(workdir) == saved + 3
 
     # Dropout and the compute dtype may change on the same params: the run resumes and goes on.
-    p = cli("train", f"--workdir={workdir}", *args, f"--config.train.steps={saved + 5}",
+    p = gptjax_subprocess("train", f"--workdir={workdir}", *args, f"--config.train.steps={saved + 5}",
             "--config.model.dropout=0.1", "--config.model.dtype=bfloat16")
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]

@@ -1,0 +1,41 @@
+"""Helpers the test files share: the `gptjax` command in this process or as a subprocess, and metrics.jsonl."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def gptjax_in_process(capsys, *args):
+    """(exit status, stdout, stderr) of `gptjax ARGS` run in this process (main.main uses its own FlagValues)."""
+    from gptjax import main
+
+    status = main.main(["gptjax", *args])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def one_line_error(capsys, message, *args):
+    """`gptjax ARGS` fails with exactly one `gptjax: error:` line that contains `message`."""
+    status, _, err = gptjax_in_process(capsys, *args)
+    assert status == 2 and err.startswith("gptjax: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    return err
+
+
+def gptjax_subprocess(*args, **kwargs):
+    """`gptjax ARGS` as a child process (for SIGKILL/SIGTERM tests), stdout and stderr piped."""
+    return subprocess.Popen([sys.executable, "-m", "gptjax.main", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, **kwargs)
+
+
+def metrics_by_step(workdir, key="train_loss"):
+    """The last value of `key` logged for each step (a resumed run logs its steps again)."""
+    out = {}
+    for line in open(os.path.join(workdir, "metrics.jsonl")):
+        row = json.loads(line)
+        if key in row:
+            out[row["step"]] = row[key]
+    return out
