@@ -37,7 +37,8 @@ setup(
         # libtpu: `gptjax plan` compiles the real TPU program ahead of time on any machine.
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "test": ["pytest>=8", "tensorboard>=2.16", "torch==2.13.0", "transformers>=4.40", "lm-eval==0.4.13",
-                 "bertviz==1.4.1", "jax[tpu]>=0.10.2,<0.11"],
+                 "bertviz==1.4.1", "jax[tpu]>=0.10.2,<0.11",
+                 "accelerate"],  # lm-eval's hf backend, the peer in benchmarks/eval_throughput.py
     },
     package_data={"gptjax.analysis": ["vendor/*"]},
     entry_points={"console_scripts": ["gptjax=gptjax.main:run"]},
