@@ -23,6 +23,7 @@ class FakeGCS(DirFileSystem):
 
     protocol = ("gs", "gcs")
     root = None
+    cachable = False  # fsspec would otherwise hand a later test the instance holding an earlier test's root
 
     def __init__(self, *args, **kwargs):
         super().__init__(path=self.root, fs=LocalFileSystem(auto_mkdir=True))
