@@ -3,7 +3,8 @@
 Writes into --out: attention.png and attention.html (BertViz head and model views, no network needed),
 tokens.html and tokens.png (the text coloured by loss in bits), logit_lens.png, embeddings.png and
 embeddings.json, heads.png and heads.json (previous-token and induction scores). Every check of the flags and the
-text happens before the parameters are loaded.
+text happens before the parameters are loaded. --workdir, --out and --text_file may be local paths or cloud URLs
+(gs://...): every file is read and written through gptjax.files.
 """
 
 import json
@@ -13,6 +14,7 @@ import os
 import numpy as np
 from absl import flags
 
+from gptjax import files
 from gptjax.errors import GptjaxError, PromptError
 
 OUTPUTS = ("attention.png", "attention.html", "tokens.html", "tokens.png", "logit_lens.png", "embeddings.png",
@@ -52,10 +54,10 @@ def read_text(f) -> str:
     if (f.text is None) == (f.text_file is None):
         raise GptjaxError("give exactly one of --text and --text_file")
     if f.text_file is not None:
-        if not os.path.isfile(f.text_file):
+        files.check_url(f.text_file, "--text_file", workdir=False)
+        if not files.path(f.text_file).is_file():
             raise GptjaxError(f"--text_file: no such file: {f.text_file}")
-        with open(f.text_file, encoding="utf-8") as fh:
-            return fh.read()
+        return files.path(f.text_file).read_text(encoding="utf-8")
     return f.text
 
 
@@ -84,6 +86,8 @@ def run(f) -> None:
 
     if not f.out:
         raise GptjaxError("--out: required (a directory for the pictures and pages)")
+    files.check_url(f.workdir)
+    files.check_url(f.out, "--out", workdir=False)
     text = read_text(f)
     if not text.strip():
         raise PromptError("text: empty; give some text to inspect")
@@ -93,9 +97,10 @@ def run(f) -> None:
     layers = _indices(f.layers, model_cfg.num_layers, "layers")
     heads = _indices(f.heads, model_cfg.num_heads, "heads")
     ids = fit_tokens(tok.encode(text), model_cfg.max_len, f.truncate)
-    params = workdirs.load_params(f.workdir, config, model_cfg)
-    os.makedirs(f.out, exist_ok=True)
-    out = lambda name: os.path.join(f.out, name)  # noqa: E731
+    params = workdirs.load_params(workdirs.model_dir(f.workdir), config, model_cfg)
+    out_dir = files.path(f.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = lambda name: out_dir / name  # noqa: E731
     labels = [_label(tok, i) for i in ids]
     title = f"{os.path.basename(os.path.normpath(f.workdir))}: {len(ids)} tokens"
 
@@ -104,16 +109,13 @@ def run(f) -> None:
     probs_LxHxTxT = np.asarray(rec["attention"])[:, 0]
     plots.attention_grid(probs_LxHxTxT, labels, layers, heads, out("attention.png"))
     if f.html:
-        page = pages.attention_page(probs_LxHxTxT, labels, layers, heads, title)
-        with open(out("attention.html"), "w", encoding="utf-8") as fh:
-            fh.write(page)
+        files.write_text(out("attention.html"), pages.attention_page(probs_LxHxTxT, labels, layers, heads, title))
 
     nats = analysis.token_losses(model_cfg, params, np.asarray(ids))
     bits = (nats / math.log(2)).tolist()
     top_ids, top_p = analysis.top_predictions(model_cfg, params, np.asarray(ids), k=5)
     top_labels = [[_label(tok, i) for i in row] for row in top_ids]
-    with open(out("tokens.html"), "w", encoding="utf-8") as fh:
-        fh.write(pages.tokens_page(labels, bits, top_labels, top_p.tolist(), title))
+    files.write_text(out("tokens.html"), pages.tokens_page(labels, bits, top_labels, top_p.tolist(), title))
     plots.tokens_text(labels, bits, out("tokens.png"))
 
     # Logit lens: each layer's guess and what it gives the real next token (the last position has none: NaN).
@@ -136,25 +138,24 @@ def run(f) -> None:
     plots.embeddings(pca, explained, [_label(tok, t) for t in uniq], uniq, pos_sim, model_cfg.pos_embedding,
                      neighbours, out("embeddings.png"))
     offsets = [1, 2, 4, 8, 16, 32, 64]
-    with open(out("embeddings.json"), "w", encoding="utf-8") as fh:
-        json.dump({
-            "neighbours": [{"token": t, "id": int(i), "nearest": [{"token": n, "cosine": s} for n, s in near]}
-                           for i, (t, near) in zip(uniq, neighbours)],
-            "pca": {"explained_variance_ratio": explained.tolist(),
-                    "tokens": [{"token": _label(tok, i), "id": int(i), "xy": pca[i].tolist()} for i in uniq]},
-            "positions": {"kind": model_cfg.pos_embedding, "max_len": model_cfg.max_len,
-                          "mean_cosine_at_distance": {str(d): float(np.mean(np.diagonal(pos_sim, d)))
-                                                      for d in offsets if d < model_cfg.max_len}},
-        }, fh, indent=1, ensure_ascii=False)
+    files.write_text(out("embeddings.json"), json.dumps({
+        "neighbours": [{"token": t, "id": int(i), "nearest": [{"token": n, "cosine": s} for n, s in near]}
+                       for i, (t, near) in zip(uniq, neighbours)],
+        "pca": {"explained_variance_ratio": explained.tolist(),
+                "tokens": [{"token": _label(tok, i), "id": int(i), "xy": pca[i].tolist()} for i in uniq]},
+        "positions": {"kind": model_cfg.pos_embedding, "max_len": model_cfg.max_len,
+                      "mean_cosine_at_distance": {str(d): float(np.mean(np.diagonal(pos_sim, d)))
+                                                  for d in offsets if d < model_cfg.max_len}},
+    }, indent=1, ensure_ascii=False))
 
     # Previous-token and induction heads.
     scores = analysis.head_scores(model_cfg, params, seed=f.seed)
     plots.head_scores(scores, out("heads.png"))
-    with open(out("heads.json"), "w", encoding="utf-8") as fh:
-        json.dump({"seq_len": scores["seq_len"], "batch": scores["batch"], "seed": f.seed,
-                   "previous_token": [[round(float(x), 4) for x in row] for row in scores["previous_token"]],
-                   "induction": [[round(float(x), 4) for x in row] for row in scores["induction"]],
-                   "top_induction_head": [int(x) for x in np.unravel_index(np.argmax(scores["induction"]),
-                                                                           scores["induction"].shape)]}, fh, indent=1)
-    written = [name for name in OUTPUTS if os.path.exists(out(name))]
+    files.write_text(out("heads.json"), json.dumps({
+        "seq_len": scores["seq_len"], "batch": scores["batch"], "seed": f.seed,
+        "previous_token": [[round(float(x), 4) for x in row] for row in scores["previous_token"]],
+        "induction": [[round(float(x), 4) for x in row] for row in scores["induction"]],
+        "top_induction_head": [int(x) for x in np.unravel_index(np.argmax(scores["induction"]),
+                                                                scores["induction"].shape)]}, indent=1))
+    written = [name for name in OUTPUTS if f.html or name != "attention.html"]
     print(f"wrote {', '.join(written)} to {f.out} (mean loss {np.mean(bits):.3f} bits/token over {len(ids)} tokens)")

@@ -1,6 +1,9 @@
-"""The PNGs of `gptjax inspect`, drawn with matplotlib from the arrays of `gptjax.analysis`."""
+"""The PNGs of `gptjax inspect`, drawn with matplotlib from the arrays of `gptjax.analysis`. Each `path` may be local
+or a cloud URL (gs://...): the PNG is written through gptjax.files."""
 
 import numpy as np
+
+from gptjax import files
 
 _LABELLED = 48  # label the axes with tokens up to this many positions; longer texts get position numbers
 
@@ -12,6 +15,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path, dpi: int) -> None:
+    """The figure as a PNG at `path`, never seen half-written; then closed."""
+    files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    plt.close(fig)
 
 
 def _label_axes(ax, labels, x=True, y=True, fontsize=6):
@@ -44,8 +53,7 @@ def attention_grid(probs_LxHxTxT, labels, layers, heads, path):
     fig.supxlabel("key (attended to)", fontsize=8)
     fig.supylabel("query", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=110)
 
 
 def tokens_text(labels, bits, path, width=10.0):
@@ -82,8 +90,7 @@ def tokens_text(labels, bits, path, width=10.0):
     sm = cm.ScalarMappable(norm=norm, cmap=cmap)
     cax = fig.add_axes([0.3, 0.25 / height_in, 0.4, 0.12 / height_in])
     fig.colorbar(sm, cax=cax, orientation="horizontal").set_label("loss (bits)", fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=110)
 
 
 def logit_lens(logprob_target_LxT, top_labels_LxT, labels, path):
@@ -103,8 +110,7 @@ def logit_lens(logprob_target_LxT, top_labels_LxT, labels, path):
     ax.set_title("logit lens: log2 p(actual next token); text: the lens's top guess", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03).set_label("bits", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=110)
 
 
 def embeddings(pca_Vx2, explained, pca_labels, pca_ids, position_sim, pos_kind, neighbours, path):
@@ -132,8 +138,7 @@ def embeddings(pca_Vx2, explained, pca_labels, pca_ids, position_sim, pos_kind, 
     ax.text(0, 1, "nearest tokens by cosine similarity\n\n" + "\n".join(lines[:30]), va="top", family="monospace",
             fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=100)
 
 
 def head_scores(scores: dict, path):
@@ -156,5 +161,4 @@ def head_scores(scores: dict, path):
     fig.suptitle(f"attention on {scores['batch']} random sequences of {scores['seq_len']} tokens, repeated",
                  fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=110)

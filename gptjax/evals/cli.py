@@ -14,6 +14,8 @@ given: an evaluation sweep from one file). For each workdir it writes, and chang
 With several workdirs, `--output_dir` (default: the first workdir's eval/) also gets models.md and models.png: one
 line per model for each task, as in GPT-3's figure 1.2. Until `gptjax eval` is wired into gptjax/main.py the same
 runs as `python -m gptjax.evals.cli --workdir=... --config=...`.
+
+Workdirs and --output_dir may be local paths or cloud URLs (gs://...): every file is written through gptjax.files.
 """
 
 import json
@@ -25,6 +27,7 @@ import time
 import numpy as np
 from absl import flags
 
+from gptjax import files
 from gptjax.errors import ConfigError, GptjaxError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -91,7 +94,7 @@ def evaluate_workdir(workdir: str, config, log=print) -> dict:
     mesh = sharding.make_mesh((-1, 1, 1))  # the mesh workdirs.load put the params on
     scorer = scoring.Scorer(model_cfg, params, tok, mesh=mesh, rules=run_config.mesh.logical_axis_rules,
                             tokens_per_batch=config.tokens_per_batch, progress=sys.stderr.isatty())
-    results = {"workdir": os.path.abspath(workdir), "settings": config.to_dict(), "tasks": {}}
+    results = {"workdir": str(files.path(workdir)), "settings": config.to_dict(), "tasks": {}}
     for spec in config.tasks:
         task = tasks.get(spec)
         per_task = results["tasks"][task.name] = {"kind": task.kind, "chance": task.chance,
@@ -129,7 +132,12 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_shots(results: dict, path: str) -> None:
+def _save_png(fig, path) -> None:
+    """The figure as a PNG at `path` (local or a URL), never seen half-written."""
+    files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+
+
+def plot_shots(results: dict, path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,11 +152,13 @@ def plot_shots(results: dict, path: str) -> None:
                         marker="o", label=name)
         if t["chance"] is not None:
             ax.axhline(t["chance"], color=line.get_color(), linestyle=":", linewidth=1)
-    _finish(ax, fig, path, os.path.basename(os.path.normpath(results["workdir"])))
+    _finish(ax, fig, os.path.basename(os.path.normpath(results["workdir"])))
+    fig.tight_layout()
+    _save_png(fig, path)
     plt.close(fig)
 
 
-def _finish(ax, fig, path, title):
+def _finish(ax, fig, title):
     ax.set_xscale("log", base=2)
     ks = sorted({x for line in ax.get_lines() if line.get_marker() == "o" for x in line.get_xdata()})
     ax.set_xticks(ks, [("0" if k < 1 else f"{k:g}") for k in ks])
@@ -159,11 +169,9 @@ def _finish(ax, fig, path, title):
     ax.set_title(title)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
-def compare(all_results: dict[str, dict], out_dir: str) -> None:
+def compare(all_results: dict[str, dict], out_dir) -> None:
     """models.md and models.png: each task's main metric against K, one line per model."""
     import matplotlib
 
@@ -186,16 +194,16 @@ def compare(all_results: dict[str, dict], out_dir: str) -> None:
         chance = next(iter(all_results.values()))["tasks"][task]["chance"]
         if chance is not None:
             ax.axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
-        _finish(ax, fig, os.path.join(out_dir, "models.png"), task)
+        _finish(ax, fig, task)
     for ax in axes.ravel()[len(task_names):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "models.png"), dpi=120)
+    out = files.path(out_dir)
+    _save_png(fig, out / "models.png")
     plt.close(fig)
     for w, res in all_results.items():
         lines.append(f"### {names[w]}\n\n" + markdown(res))
-    with open(os.path.join(out_dir, "models.md"), "w") as f:
-        f.write("\n".join(lines))
+    files.write_text(out / "models.md", "\n".join(lines))
 
 
 def run(workdirs: list[str], config, output_dir: str | None = None, log=print) -> dict:
@@ -203,26 +211,28 @@ def run(workdirs: list[str], config, output_dir: str | None = None, log=print) -
 
     from gptjax import checkpoint
 
+    for w in workdirs:  # a URL this machine cannot read or write is one line before any work
+        files.check_url(w)
+    if output_dir:
+        files.check_url(output_dir, "--output_dir", workdir=False)
     check_config(config)
     for w in workdirs:  # every workdir checked before any is evaluated
-        if not os.path.isfile(os.path.join(w, checkpoint.CONFIG_FILE)):
+        if not (files.path(w) / checkpoint.CONFIG_FILE).is_file():
             raise GptjaxError(f"--workdir: {w} holds no training run (no {checkpoint.CONFIG_FILE})")
     all_results = {}
     for w in workdirs:
         results = evaluate_workdir(w, config, log=log)
         all_results[w] = results
         if jax.process_index() == 0:
-            out = os.path.join(w, "eval")
-            os.makedirs(out, exist_ok=True)
-            with open(os.path.join(out, "results.json"), "w") as f:
-                json.dump(results, f, indent=1)
-            with open(os.path.join(out, "results.md"), "w") as f:
-                f.write(markdown(results))
-            plot_shots(results, os.path.join(out, "shots.png"))
+            out = files.path(w) / "eval"
+            out.mkdir(parents=True, exist_ok=True)
+            files.write_text(out / "results.json", json.dumps(results, indent=1))
+            files.write_text(out / "results.md", markdown(results))
+            plot_shots(results, out / "shots.png")
             log(f"eval: wrote {out}/results.json, results.md, shots.png")
     if len(workdirs) > 1 and jax.process_index() == 0:
-        out = output_dir or os.path.join(workdirs[0], "eval")
-        os.makedirs(out, exist_ok=True)
+        out = files.path(output_dir) if output_dir else files.path(workdirs[0]) / "eval"
+        out.mkdir(parents=True, exist_ok=True)
         compare(all_results, out)
         log(f"eval: wrote {out}/models.md, models.png")
     return all_results
