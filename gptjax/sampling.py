@@ -68,23 +68,25 @@ class _Sampling(NamedTuple):
     base: jax.Array  # tokens generated before this window (the context slid): draws are keyed by base + step
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_new", "seed", "rules"))
-def _start(model, params, tokens_BxP, mask_BxP, done_B, base, *, num_new, seed, rules=()) -> _Sampling:
+@functools.partial(jax.jit, static_argnames=("model", "num_new", "rules"))
+def _start(model, params, tokens_BxP, mask_BxP, done_B, base, key, *, num_new, rules=()) -> _Sampling:
     B = tokens_BxP.shape[0]
     with nn.logical_axis_rules(rules):
         dec = decoding.prefill(model, params, tokens_BxP, mask_BxP, tokens_BxP.shape[1] + num_new)
-    keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), jnp.arange(B))
+    keys_B = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(B))
     return _Sampling(dec, jnp.zeros((B, num_new), jnp.int32), jnp.zeros((B, num_new), jnp.float32), done_B,
                      jnp.zeros((B,), jnp.int32), keys_B, jnp.zeros((), jnp.int32), base)
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("model", "temperature", "top_k", "top_p", "eos_id", "logprobs", "rules"),
+    static_argnames=("model", "temperature", "top_k", "top_p", "eos_id", "logprobs", "rules", "logprob_temperature"),
     donate_argnames=("s",),
 )
-def _continue(model, params, s: _Sampling, stop_at, *, temperature, top_k, top_p, eos_id, logprobs, rules=()):
-    """Generates until `stop_at` tokens or until every row is done."""
+def _continue(model, params, s: _Sampling, stop_at, *, temperature, top_k, top_p, eos_id, logprobs, rules=(),
+              logprob_temperature=1.0):
+    """Generates until `stop_at` tokens or until every row is done. Log-probabilities are of
+    softmax(logits / logprob_temperature)."""
 
     def body(s: _Sampling) -> _Sampling:
         logits_BxV = s.dec.logits_BxV
@@ -93,7 +95,7 @@ def _continue(model, params, s: _Sampling, stop_at, *, temperature, top_k, top_p
         tokens_BxN = jax.lax.dynamic_update_slice(s.tokens_BxN, token_B[:, None], (0, s.step))
         logprobs_BxN = s.logprobs_BxN
         if logprobs:
-            lp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV), token_B[:, None], axis=1)
+            lp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV / logprob_temperature), token_B[:, None], axis=1)
             logprobs_BxN = jax.lax.dynamic_update_slice(logprobs_BxN, lp_B, (0, s.step))
         count_B = s.count_B + ~s.done_B
         done_B = s.done_B | (token_B == eos_id) if eos_id is not None else s.done_B
@@ -102,6 +104,26 @@ def _continue(model, params, s: _Sampling, stop_at, *, temperature, top_k, top_p
 
     with nn.logical_axis_rules(rules):
         return jax.lax.while_loop(lambda s: (s.step < stop_at) & ~s.done_B.all(), body, s)
+
+
+def sample_batch(model_cfg: ModelConfig, params, tokens_BxP, mask_BxP, key, *, max_new_tokens: int,
+                 temperature: float = 1.0, eos_id: int | None = None, rules=()):
+    """Rollouts for RL: `max_new_tokens` tokens drawn from softmax(logits / temperature) after each left-padded
+    prompt, on device arrays (sharded as given) and with a key array, so a new key per batch compiles nothing new.
+    Returns device arrays (tokens_BxN, logprobs_BxN, lengths_B): the log-probabilities are those of the
+    distribution each token was drawn from (temperature applied); tokens after a row's end token are 0."""
+    model = decoding.inference_model(model_cfg)
+    if temperature <= 0:
+        raise PromptError(f"temperature: rollouts sample, so it must be > 0, got {temperature}")
+    if tokens_BxP.shape[1] + max_new_tokens > model_cfg.max_len:
+        raise PromptError(f"max_new_tokens: prompts of {tokens_BxP.shape[1]} tokens + {max_new_tokens} new tokens "
+                          f"exceed the model's context of {model_cfg.max_len}")
+    rules = sharding.hashable_rules(rules)
+    done_B = jnp.zeros(tokens_BxP.shape[:1], bool)
+    s = _start(model, params, tokens_BxP, mask_BxP, done_B, jnp.int32(0), key, num_new=max_new_tokens, rules=rules)
+    s = _continue(model, params, s, max_new_tokens, temperature=float(temperature), top_k=0, top_p=1.0,
+                  eos_id=eos_id, logprobs=True, rules=rules, logprob_temperature=float(temperature))
+    return s.tokens_BxN, s.logprobs_BxN, s.count_B
 
 
 def _to_host(x) -> np.ndarray:
@@ -237,7 +259,7 @@ def _sample(model, params, rows, num_samples, N, sampler, eos_id, text, seed, lo
         tokens_BxP, mask_BxP = decoding.left_pad(prompts)
         n_new = min(N - produced, max_len - tokens_BxP.shape[1])
         s = _start(model, params, _to_device(tokens_BxP, mesh), _to_device(mask_BxP, mesh), _to_device(done, mesh),
-                   jnp.int32(produced), num_new=n_new, seed=seed, rules=rules)
+                   jnp.int32(produced), jax.random.key(seed), num_new=n_new, rules=rules)
         chunk = chunk_size or (16 if streaming else n_new)
         step = 0
         while True:

@@ -41,7 +41,9 @@ def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """Rows split over the data axes. With the default ndim=1 it also serves as a prefix for a whole batch dict,
+    whatever the rank of each leaf (per-row scalars included)."""
     return NamedSharding(mesh, P(BATCH_AXES, *(None,) * (ndim - 1)))
 
 

@@ -107,8 +107,9 @@ class Trainer:
         from another run), else scratch. Returns (state, first step to run)."""
         step = mngr.latest_step()
         abstract = self.abstract_state
+        self.restored_data = None  # the restored step's `data` item (the data position, controller states...)
         if step is not None:
-            params, train, _ = checkpoint.restore(mngr, step, abstract.params, abstract.train_item())
+            params, train, self.restored_data = checkpoint.restore(mngr, step, abstract.params, abstract.train_item())
             return TrainState(train["step"], params, train["opt_state"], train["rng"]), int(step)
         params = init_params(abstract.params) if init_params is not None else None
         return self.init_state(seed, params), 0
@@ -247,15 +248,20 @@ class Loop:
             h.check_finite(self)
 
 
-def run_loop(trainer: Trainer, state: TrainState, start: int, total_steps: int, batch_fn: Callable[[int], dict],
-             hooks: list, writer) -> Loop:
-    """Steps `start` .. `total_steps` - 1 with `batch_fn(step)` (host-local batches), running the hooks."""
+def run_loop(trainer: Trainer, state: TrainState, start: int, total_steps: int, batch_fn: Callable[[int], dict] | None,
+             hooks: list, writer, step_fn: Callable[[TrainState, int], tuple[TrainState, dict]] | None = None) -> Loop:
+    """Steps `start` .. `total_steps` - 1 with `batch_fn(step)` (host-local batches), running the hooks. A loop step
+    that is more than one optimizer update (a PPO iteration: rollouts, then epochs of minibatches) passes
+    `step_fn(state, step) -> (state, outputs)` instead of `batch_fn`."""
     loop = Loop(trainer, state, start, total_steps, writer, hooks)
     try:
         with trainer.context():
             for step in range(start, total_steps):
-                batch = sharding.host_local_to_global(batch_fn(step), trainer.mesh)
-                loop.state, loop.outputs = trainer.train_step(loop.state, batch)
+                if step_fn is not None:
+                    loop.state, loop.outputs = step_fn(loop.state, step)
+                else:
+                    batch = sharding.host_local_to_global(batch_fn(step), trainer.mesh)
+                    loop.state, loop.outputs = trainer.train_step(loop.state, batch)
                 loop.step = step + 1
                 for h in hooks:
                     h.after_dispatch(loop)

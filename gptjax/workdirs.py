@@ -13,9 +13,23 @@ from gptjax.errors import ConfigError
 from gptjax.model import GPT, ModelConfig
 
 
-def load_config(workdir: str):
-    """(config, model_cfg, tokenizer) of `workdir`: cheap, no params."""
+def model_dir(workdir: str) -> str:
+    """Where the plain GPT of `workdir` is: the workdir itself, or `<workdir>/model` for the runs whose params
+    carry a head beside it (a reward model, PPO's value head), which write the GPT there when they finish."""
     files.check_url(workdir)
+    stage = checkpoint.read_config(workdir).get("rl", {}).get("stage")
+    if stage not in ("reward", "ppo"):
+        return workdir
+    out = str(files.path(workdir) / "model")
+    if not (files.path(out) / checkpoint.CONFIG_FILE).exists():
+        raise checkpoint.CheckpointError(f"{workdir}: the {stage} run has not finished; its GPT is written to {out} "
+                                         "at the end")
+    return out
+
+
+def load_config(workdir: str):
+    """(config, model_cfg, tokenizer) of `workdir` (of its plain GPT, see `model_dir`): cheap, no params."""
+    workdir = model_dir(workdir)
     config = ml_collections.ConfigDict(checkpoint.read_config(workdir))
     return config, ModelConfig.from_config(config.model), tokenizer.load_tokenizer(workdir)
 
@@ -24,7 +38,7 @@ def load(workdir: str, mesh=None):
     """(config, model_cfg, params, tokenizer) of the latest checkpoint in `workdir`, params sharded on `mesh` (by
     default all devices on the data axis, which replicates them) with the run's logical-axis rules."""
     config, model_cfg, tok = load_config(workdir)
-    return config, model_cfg, load_params(workdir, config, model_cfg, mesh), tok
+    return config, model_cfg, load_params(model_dir(workdir), config, model_cfg, mesh), tok
 
 
 def load_params(workdir: str, config, model_cfg: ModelConfig, mesh=None):
@@ -58,7 +72,7 @@ def sample_from_workdir(workdir: str, prompt: str, *, stream: bool = True, trunc
     prompt_ids = decoding.fit_prompts([tok.encode(prompt)], max_new, model_cfg.max_len, truncate, slide=not beam)[0]
     shown = tok.decode(prompt_ids)  # the prompt as the model sees it (its end, if truncated)
     mesh = mesh if mesh is not None else run_mesh(config)
-    params = load_params(workdir, config, model_cfg, mesh)
+    params = load_params(model_dir(workdir), config, model_cfg, mesh)
     live = stream and not beam
     if live:
         print(shown, end="", flush=True)
