@@ -38,7 +38,8 @@ setup(
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "test": ["pytest>=8", "tensorboard>=2.16", "torch==2.13.0", "transformers>=4.40", "lm-eval==0.4.13",
                  "bertviz==1.4.1", "jax[tpu]>=0.10.2,<0.11",
-                 "accelerate"],  # lm-eval's hf backend, the peer in benchmarks/eval_throughput.py
+                 "accelerate",  # lm-eval's hf backend, the peer in benchmarks/eval_throughput.py
+                 "trl==1.16.0"],  # the RL losses are checked against trl's on the same inputs
     },
     package_data={"gptjax.analysis": ["vendor/*"]},
     entry_points={"console_scripts": ["gptjax=gptjax.main:run"]},

@@ -1,0 +1,1 @@
+"""Learning from preferences: reward model, PPO, DPO, GRPO."""
