@@ -45,6 +45,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         from gptjax.finetune import run as finetune_run
 
         return finetune_run.train_and_evaluate(config, workdir)
+    if "rl" in config:  # a stage of learning from preferences (experiments/rlhf/): reward model, PPO, DPO, GRPO
+        from gptjax.rl import run as rl_run
+
+        return rl_run.train_and_evaluate(config, workdir)
     t_start = time.time()
     files.check_url(workdir)  # before any work: an unusable URL is one line, never a local folder named "gs:"
     if config.train.init_from:
