@@ -112,6 +112,8 @@ def summarize(name: str, overrides: dict, rows: list[dict], status: str = "",
     if speeds:
         mid = len(speeds) // 2
         out["tokens_per_sec"] = speeds[mid] if len(speeds) % 2 else (speeds[mid - 1] + speeds[mid]) / 2
+    for r in rows:  # in-context evaluation during training (eval.tasks): the last value of each icl/ metric
+        out.update({k: v for k, v in r.items() if k.startswith("icl/")})
     logged_wall = [r["wall_seconds"] for r in rows if "wall_seconds" in r]
     if logged_wall or wall_seconds is not None:
         out["wall_seconds"] = logged_wall[-1] if logged_wall else wall_seconds
@@ -129,6 +131,8 @@ def _fmt(key: str, value) -> str:
         return f"{value:,.0f}"
     if key == "wall_seconds":
         return f"{value:.0f}"
+    if key.startswith("icl/"):
+        return f"{value:.3f}"
     return str(value)
 
 
@@ -136,22 +140,26 @@ def write_results(workdir: str, results: list[dict], curves: dict[str, list[dict
     """results.csv (full precision), results.md (a table) and val_curves.png under the sweep's workdir."""
     root = _path(workdir)
     root.mkdir(parents=True, exist_ok=True)
+    icl = sorted({k for r in results for k in r if k.startswith("icl/")})  # evaluation columns, where runs had any
     buf = io.StringIO()
-    w = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, COLUMNS + tuple(icl), lineterminator="\n")
     w.writeheader()
     for r in results:
-        w.writerow({k: r.get(k, "") for k in COLUMNS})
+        w.writerow({k: r.get(k, "") for k in COLUMNS + tuple(icl)})
     (root / "results.csv").write_text(buf.getvalue())
 
-    heads = ("run", "status", "steps", "train loss", "train bpb", "val loss", "val bpb", "tokens/s", "wall s")
+    heads = ("run", "status", "steps", "train loss", "train bpb", "val loss", "val bpb", "tokens/s", "wall s",
+             *(k[4:] for k in icl))
     keys = ("run", "status", "steps", "train_loss", "train_bpb", "val_loss", "val_bpb", "tokens_per_sec",
-            "wall_seconds")
+            "wall_seconds", *icl)
     lines = ["| " + " | ".join(heads) + " |", "|---|---|" + "---:|" * (len(heads) - 2)]
     lines += ["| " + " | ".join(_fmt(k, r.get(k)) for k in keys) + " |" for r in results]
     notes = ["", "Overrides of each run:", ""] + [f"- `{r['run']}`: `{r['overrides'] or '(none)'}`" for r in results]
     notes += ["", "Losses are nats per token, at the last logged step (train) and the last evaluation (val). "
               "Train bpb uses the validation split's bytes per token. tokens/s is the median logged rate after "
               "the first interval. Validation curves: val_curves.png."]
+    if icl:
+        notes += ["", "Evaluation columns (TASK/Kshot_METRIC) are the runs' last in-training evaluation (eval.tasks)."]
     (root / "results.md").write_text("\n".join(lines + notes) + "\n")
 
     import matplotlib

@@ -101,7 +101,8 @@ def write_metrics(path, rows):
 def test_results_tables_and_plot_from_metrics(tmp_path):
     a = [{"step": 2, "train_loss": 3.0, "tokens_per_sec": 10.0}, {"step": 2, "val_loss": 2.9, "val_bpb": 1.5},
          {"step": 4, "train_loss": 2.5, "tokens_per_sec": 400.0}, {"step": 6, "train_loss": 2.0, "tokens_per_sec": 500.0},
-         {"step": 8, "train_loss": 1.8, "tokens_per_sec": 300.0}, {"step": 8, "val_loss": 2.2, "val_bpb": 1.1}]
+         {"step": 8, "train_loss": 1.8, "tokens_per_sec": 300.0}, {"step": 8, "val_loss": 2.2, "val_bpb": 1.1},
+         {"step": 4, "icl/next_line/0shot_acc": 0.2}, {"step": 8, "icl/next_line/0shot_acc": 0.31}]
     b = [{"step": 4, "train_loss": 2.4, "tokens_per_sec": 50.0, "train_bpb": 1.23},
          {"step": 4, "val_loss": 2.6, "val_bpb": 1.3, "wall_seconds": 99.0}]
     entries = [{"model.norm": "pre"}, {"model.norm": "post", "model.tie_embeddings": False}, {"model.norm": "x"}]
@@ -124,12 +125,14 @@ def test_results_tables_and_plot_from_metrics(tmp_path):
     assert float(second["train_bpb"]) == 1.23 and float(second["wall_seconds"]) == 99.0  # logged by the run
     assert float(second["tokens_per_sec"]) == 50.0
     assert failed["status"] == "failed (exit 1)" and failed["val_loss"] == "" and failed["steps"] == "0"
+    assert float(first["icl/next_line/0shot_acc"]) == 0.31 and second["icl/next_line/0shot_acc"] == ""  # the last
     assert [r["run"] for r in results] == [r["run"] for r in table]
 
     md = (tmp_path / "results.md").read_text().splitlines()
-    assert md[0] == "| run | status | steps | train loss | train bpb | val loss | val bpb | tokens/s | wall s |"
-    assert md[2].startswith("| norm=pre | done | 8 | 1.8000 | ") and md[2].endswith("| 2.2000 | 1.1000 | 400 | 12 |")
-    assert md[4] == "| norm=x | failed (exit 1) | 0 | - | - | - | - | - | - |"
+    assert md[0] == ("| run | status | steps | train loss | train bpb | val loss | val bpb | tokens/s | wall s | "
+                     "next_line/0shot_acc |")
+    assert md[2].startswith("| norm=pre | done | 8 | 1.8000 | ") and md[2].endswith("| 2.2000 | 1.1000 | 400 | 12 | 0.310 |")
+    assert md[4] == "| norm=x | failed (exit 1) | 0 | - | - | - | - | - | - | - |"
     assert "- `norm=post,tie_embeddings=False`: `model.norm=post model.tie_embeddings=False`" in md
     png = (tmp_path / "val_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

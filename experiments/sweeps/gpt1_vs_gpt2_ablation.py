@@ -19,7 +19,8 @@ is the whole GPT-1 block:
 Size: a 4 x 128 GPT (1.09M parameters with the 2048-piece BPE) for 300 steps of 16 x 128 tokens (0.61M tokens,
 about a third of an epoch), evaluated every 50 steps. On 2 CPU cores, with three other jobs sharing the machine,
 this model trained at about 2,460 tokens/s (measured 2026-11-22): about 4.5 minutes per run, 36 for the sweep.
-The size is chosen for an idle machine, where the sweep should fit in 30 minutes; that is not measured yet.
+The size is chosen for an idle machine, where the sweep should fit in 30 minutes. Each run ends with the held-out
+Shakespeare tasks at 0 and 1 shots (200 examples; eval.tasks), which the results table reports beside the losses.
 `:steps=N` changes the length.
 
 python launch/sweep.py --config=experiments/sweeps/gpt1_vs_gpt2_ablation.py --workdir=runs/ablation
@@ -42,6 +43,9 @@ def get_config(arg=None):
     c.optim.update(warmup_steps=min(100, opts.steps // 10))
     c.eval.update(every_steps=max(1, opts.steps // 6), steps=20)
     c.checkpoint.update(every_steps=opts.steps)
+    # In-context evaluation at the end of each run (the sweep's results table gets a column per task and K)
+    c.eval.update(tasks=("shakespeare_next_line", "shakespeare_last_word"), tasks_shots=(0, 1), tasks_limit=200,
+                  tasks_every_steps=opts.steps)
     c.sample.update(num_samples=1, max_new_tokens=50)
     for key, value in GPT2.items():  # the base run is GPT-2's block, whatever the defaults are
         group, name = key.split(".")
