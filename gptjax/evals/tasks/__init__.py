@@ -1,8 +1,8 @@
 """Task registry: `get("name")` or `get("name:key=value,key=value")` builds a Task.
 
 Shipped offline: GPT-3's synthetic probes (arithmetic_2da ... arithmetic_5ds, arithmetic_2dm, cycle_letters,
-anagrams1, anagrams2, random_insertion, reversed_words), two held-out-Shakespeare tasks (shakespeare_last_word,
-shakespeare_next_line) and the in-context learning probe (icl_mapping, option items=2). The standard benchmarks
+anagrams1, anagrams2, random_insertion, reversed_words), three held-out-Shakespeare tasks (shakespeare_last_word,
+shakespeare_next_line, shakespeare_genre) and the in-context learning probe (icl_mapping, option items=2). The standard benchmarks
 (lambada, hellaswag, piqa, arc_easy, arc_challenge, winogrande, storycloze, boolq, copa, triviaqa) read local files
 (`path=`) or TFDS (`gptjax/evals/tasks/benchmarks.py`).
 """
@@ -18,6 +18,7 @@ _BUILDERS = {
     **{n: functools.partial(synthetic.scramble, n) for n in synthetic.SCRAMBLES},
     "shakespeare_last_word": shakespeare.last_word,
     "shakespeare_next_line": shakespeare.next_line,
+    "shakespeare_genre": shakespeare.genre,
 }
 _OPTIONS = {"icl_mapping": ("items", "n")}
 _BENCHMARK_OPTIONS = ("path", "demos", "labels", "demo_labels", "tfds", "split", "demo_split", "data_dir")
