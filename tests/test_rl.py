@@ -210,16 +210,24 @@ def test_reward_ppo_grpo_dpo_end_to_end(workdirs, capsys):
         r = np.asarray(task.rewards(scorers.reward_model, scorers.reward_params, enc)) - scorers.reward_offset
     assert abs(r[enc["valid"] > 0].mean()) < 1e-4  # the starting model's samples average 0
 
-    for stage in ("ppo", "grpo", "dpo"):
-        _run(stage, root, stage)
-        logged = {k for line in open(root / stage / "metrics.jsonl") for k in json.loads(line)}
-        assert {"reward", "true_reward", "kl", "eval_reward", "eval_true_reward", "eval_kl"} <= logged, stage
+    for stage in ("rm", "ppo", "grpo", "dpo"):
+        if stage != "rm":
+            _run(stage, root, stage)
+            logged = {k for line in open(root / stage / "metrics.jsonl") for k in json.loads(line)}
+            assert {"reward", "true_reward", "kl", "eval_reward", "eval_true_reward", "eval_kl"} <= logged, stage
         status, text, _ = gptjax_in_process(capsys, "sample", f"--workdir={root / stage}", "--prompt=ROMEO:",
                                             "--max_new_tokens=5", "--temperature=0")
         assert status == 0 and "ROMEO:" in text, stage
     rows = [json.loads(x) for x in open(root / "ppo" / "rollouts.jsonl")]
     assert {"train", "eval"} == {r["kind"] for r in rows} and all("true_reward" in r for r in rows)
     assert metrics_by_step(root / "ppo", "eval_kl")[0] == pytest.approx(0.0, abs=1e-5)  # it starts as the reference
+    from gptjax.rl import report
+
+    report.main([str(root / s) for s in ("ppo", "grpo", "dpo")] + [f"--out={root / 'report'}"])
+    md = (root / "report.md").read_text()
+    assert [line.split("|")[1].strip() for line in md.splitlines()[2:]] == ["ppo", "grpo", "dpo"]
+    first = json.loads(open(root / "dpo" / "metrics.jsonl").readline())
+    assert f"{first['eval_true_reward']:.3f} →" in md.splitlines()[4] and (root / "report.png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from gptjax.configs import rlhf
 
 
 def get_config(arg=None):
-    c, a = rlhf.genre("dpo", arg, steps=150, beta=0.1, smoothing=0.0, lr=2e-5)
+    c, a = rlhf.genre("dpo", arg, steps=150, beta=0.1, smoothing=0.0, lr=1e-4)
     c.train.update(steps=a.steps, batch_size=32)
     c.optim.update(lr=a.lr)
     c.eval.update(every_steps=25, batch_size=64)

@@ -9,7 +9,7 @@ from gptjax.configs import rlhf
 
 
 def get_config(arg=None):
-    c, a = rlhf.genre("grpo", arg, steps=60, kl=0.05, group=4, lr=2e-5)
+    c, a = rlhf.genre("grpo", arg, steps=80, kl=0.1, group=4, lr=1e-4)
     c.train.steps = a.steps
     c.optim.update(lr=a.lr)
     c.eval.update(every_steps=10)

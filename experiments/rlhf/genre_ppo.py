@@ -1,5 +1,7 @@
 """InstructGPT step 3 on the offline genre experiment: PPO against the genre reward model, with a per-token KL
-penalty to the starting model (fixed beta by default; `kl_target=X` makes it adaptive) and a value head on the policy.
+penalty to the starting model and a value head on the policy. The penalty's beta starts at 0.1 and adapts towards
+10 nats of sequence KL (Ziegler et al.'s controller; horizon 500 samples, so it can move within the run's 5,120
+rollouts); `kl_target=0` keeps beta fixed.
 
   gptjax train --config=experiments/rlhf/genre_ppo.py --workdir=runs/rlhf/genre_ppo
 
@@ -11,10 +13,10 @@ from gptjax.configs import rlhf
 
 
 def get_config(arg=None):
-    c, a = rlhf.genre("ppo", arg, steps=60, kl=0.05, kl_target=0.0, ptx=0.0, lr=2e-5)
+    c, a = rlhf.genre("ppo", arg, steps=80, kl=0.1, kl_target=10.0, kl_horizon=500, ptx=0.0, lr=1e-4)
     c.train.steps = a.steps
     c.optim.update(lr=a.lr)
     c.eval.update(every_steps=10)
-    c.rl.update(rollout_batch=64, epochs=2, minibatch=32, kl_coef=a.kl, kl_target=a.kl_target, ptx_coef=a.ptx,
-                vf_coef=0.1, gamma=1.0, lam=0.95)
+    c.rl.update(rollout_batch=64, epochs=2, minibatch=32, kl_coef=a.kl, kl_target=a.kl_target,
+                kl_horizon=a.kl_horizon, ptx_coef=a.ptx, vf_coef=0.1, gamma=1.0, lam=0.95)
     return c

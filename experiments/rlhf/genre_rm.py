@@ -13,10 +13,10 @@ from gptjax.configs import rlhf
 
 
 def get_config(arg=None):
-    c, a = rlhf.genre("reward", arg, prompts=384, steps=300)
+    c, a = rlhf.genre("reward", arg, prompts=384, steps=100)
     c.train.update(steps=a.steps, batch_size=16)
     c.optim.update(lr=1e-4, warmup_steps=20)
-    c.eval.update(every_steps=50, batch_size=32)
-    c.checkpoint.every_steps = 100
+    c.eval.update(every_steps=25, batch_size=32)
+    c.checkpoint.every_steps = 50
     c.rl.update(num_prompts=a.prompts, num_responses=4)
     return c

@@ -337,15 +337,19 @@ def _pad_k(enc: dict, K: int) -> dict:
     return out
 
 
-def _eval_batches(enc: dict, batch_size: int):
-    """Every row once, in global batches; the padding rows of the last batch have valid = 0 (no pairs)."""
-    n = len(enc["prompt"])
-    local = _local_rows(batch_size)
+def _row_batches(arrays: dict, batch_size: int):
+    """Every row once, in global batches of `batch_size`: yields (this process's rows, which of them are real);
+    the last batch is filled with copies of the last row."""
+    n = len(arrays["prompt"])
     for b in range(math.ceil(n / batch_size)):
-        idx = (b * batch_size + np.arange(batch_size))[local]
-        rows = {k: v[np.minimum(idx, n - 1)] for k, v in enc.items()}
-        rows["valid"] = rows["valid"] * (idx < n)[:, None]
-        yield rows
+        idx = (b * batch_size + np.arange(batch_size))[_local_rows(batch_size)]
+        yield {k: v[np.minimum(idx, n - 1)] for k, v in arrays.items()}, idx < n
+
+
+def _eval_batches(enc: dict, batch_size: int):
+    """Comparison batches whose padding rows have valid = 0 (no pairs)."""
+    for rows, real in _row_batches(enc, batch_size):
+        yield {**rows, "valid": rows["valid"] * real[:, None]}
 
 
 def _normalise(run, params, enc, batch_size, workdir) -> None:
@@ -413,12 +417,8 @@ def _dpo(config, workdir, mesh, tokenizer) -> dict:
 
 
 def _pair_batches(pairs: dict, batch_size: int):
-    n = len(pairs["prompt"])
-    local = _local_rows(batch_size)
-    for b in range(math.ceil(n / batch_size)):
-        idx = (b * batch_size + np.arange(batch_size))[local]
-        rows = {k: v[np.minimum(idx, n - 1)] for k, v in pairs.items()}
-        yield {**rows, "weight": (idx < n).astype(np.float32)}  # 0: a padding row of the last batch
+    for rows, real in _row_batches(pairs, batch_size):
+        yield {**rows, "weight": real.astype(np.float32)}  # 0: a padding row of the last batch
 
 
 def _reference_logprobs(run, scorers, pairs, batch_size):
@@ -430,9 +430,7 @@ def _reference_logprobs(run, scorers, pairs, batch_size):
     n = len(pairs["prompt"])
     chosen, rejected = [], []
     with run.context():
-        for b in range(math.ceil(n / batch_size)):
-            idx = np.minimum(b * batch_size + np.arange(batch_size), n - 1)
-            rows = {k: v[idx][_local_rows(batch_size)] for k, v in pairs.items()}
+        for rows, _ in _row_batches(pairs, batch_size):
             c, r = fn(scorers.ref_params, _global(rows, run.mesh))
             chosen.append(np.asarray(policy.sharding_gather(c)))
             rejected.append(np.asarray(policy.sharding_gather(r)))
