@@ -100,6 +100,7 @@ def test_reward_model_reads_the_last_response_token_and_pairs_every_ranked_pair(
     assert float(m["train_accuracy"]) == pytest.approx(np.mean([r[b, i] > r[b, j] for b, i, j in pairs]))
 
 
+@pytest.mark.slow
 def test_sharded_ppo_update_equals_one_device():
     """One PPO iteration's pieces (rollout, reference and reward scores, values, advantages, one update) on a
     2 x 2 x 2 mesh equal one device: tokens exactly, numbers to float tolerance."""
