@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from gptjax import beam_search, decoding, sharding
 from gptjax.decoding import PromptError  # noqa: F401  (part of this module's API)
@@ -124,10 +123,6 @@ def sample_batch(model_cfg: ModelConfig, params, tokens_BxP, mask_BxP, key, *, m
     s = _continue(model, params, s, max_new_tokens, temperature=float(temperature), top_k=0, top_p=1.0,
                   eos_id=eos_id, logprobs=True, rules=rules, logprob_temperature=float(temperature))
     return s.tokens_BxN, s.logprobs_BxN, s.count_B
-
-
-def _to_host(x) -> np.ndarray:
-    return np.asarray(x) if x.is_fully_addressable else np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _to_device(x: np.ndarray, mesh):
@@ -265,8 +260,8 @@ def _sample(model, params, rows, num_samples, N, sampler, eos_id, text, seed, lo
         while True:
             s = _continue(model, params, s, min(step + chunk, n_new), temperature=float(temperature),
                           top_k=int(top_k), top_p=float(top_p), eos_id=eos_id, logprobs=logprobs, rules=rules)
-            tokens, counts, done_now = _to_host(s.tokens_BxN), _to_host(s.count_B), _to_host(s.done_B)
-            step = int(_to_host(s.step))
+            tokens, counts, done_now = sharding.to_host(s.tokens_BxN), sharding.to_host(s.count_B), sharding.to_host(s.done_B)
+            step = int(sharding.to_host(s.step))
             ids = [np.concatenate([seqs[r], tokens[r, : counts[r]]]) for r in range(B)]
             finished = done_now | (produced + step >= N)
             if streaming:
@@ -287,7 +282,7 @@ def _sample(model, params, rows, num_samples, N, sampler, eos_id, text, seed, lo
             if finished.all() or step >= n_new:
                 break
         if logprobs:
-            lps = _to_host(s.logprobs_BxN)
+            lps = sharding.to_host(s.logprobs_BxN)
             seq_lps = [np.concatenate([seq_lps[r], lps[r, : counts[r]]]) for r in range(B)]
         seqs, produced = ids, produced + step
         done = done_now | np.array([x is not None for x in stopped])
@@ -306,7 +301,7 @@ def _sample(model, params, rows, num_samples, N, sampler, eos_id, text, seed, lo
 
 def _beam(model, params, prompts, N, W, alpha, num_samples, eos_id, text, logprobs, mesh, rules):
     tokens_BxP, mask_BxP = decoding.left_pad(prompts)
-    seqs, lengths, scores, lps, _ = (_to_host(x) for x in beam_search.search(
+    seqs, lengths, scores, lps, _ = (sharding.to_host(x) for x in beam_search.search(
         model, params, _to_device(tokens_BxP, mesh), _to_device(mask_BxP, mesh), max_new_tokens=N, beam_size=W,
         alpha=float(alpha), eos_id=eos_id, rules=rules))
     out = []

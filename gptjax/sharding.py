@@ -94,3 +94,11 @@ def host_local_to_global(local_batch, mesh: Mesh):
     """This process's rows of the batch (an array or a dict of arrays) -> global arrays sharded over (data, fsdp)."""
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x), local_batch)
+
+
+def to_host(x):
+    """A global array as a numpy array on every process (gathered from the other hosts when it spans them)."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return np.asarray(x) if x.is_fully_addressable else np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -30,7 +30,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from gptjax import sharding
 from gptjax.errors import DataError, PromptError
@@ -76,10 +75,6 @@ def _score_rows(model, params, tokens_BxT, targets_BxT, last_B, rules=()):
     argmax_BxT = jnp.argmax(logits_BxTxV, axis=-1).astype(jnp.int32)
     last_lp_BxV = jnp.take_along_axis(logp_BxTxV, last_B[:, None, None], axis=1)[:, 0]
     return target_lp_BxT, argmax_BxT, last_lp_BxV
-
-
-def _to_host(x) -> np.ndarray:
-    return np.asarray(x) if x.is_fully_addressable else np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 @dataclasses.dataclass
@@ -171,7 +166,7 @@ class Scorer:
         with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
             args = [self._to_device(x) for x in (tokens, targets, last)]
             out = _score_rows(self.model, self.params, *args, rules=self.rules)
-        return tuple(_to_host(x) for x in out)
+        return tuple(sharding.to_host(x) for x in out)
 
     def _to_device(self, x: np.ndarray):
         if self.mesh is None:

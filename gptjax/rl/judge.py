@@ -13,7 +13,6 @@ from gptjax.errors import ConfigError
 from gptjax.finetune import data as ft_data
 from gptjax.finetune import heads, tasks, transforms
 from gptjax.model import ModelConfig
-from gptjax.rl.policy import sharding_gather as policy_gather
 from gptjax.tokenizer import load_tokenizer
 
 
@@ -56,5 +55,5 @@ class Judge:
                 idx = np.arange(start, start + B)
                 batch = ft_data.classification_batch(enc, np.minimum(idx, len(enc) - 1))
                 batch = jax.device_put(batch, self._batch_sharding)  # every process holds all the texts
-                out.append(np.asarray(policy_gather(self._scores(self.params, batch))))
+                out.append(sharding.to_host(self._scores(self.params, batch)))
         return np.concatenate(out)[:len(texts)].astype(np.float32)

@@ -36,7 +36,7 @@ def _rows(batch, idx):
 
 
 class Rollouts:
-    """Samples and scores rollouts of `policy_params(params)` (a GPT's params) on the mesh."""
+    """Samples rollouts of a GPT's params on the mesh and scores them with `scorers`."""
 
     def __init__(self, model_cfg, scorers: Scorers, mesh, rules, prompt_tokens: int, response_tokens: int,
                  temperature: float, eos_id):
@@ -72,7 +72,7 @@ class Rollouts:
         return roll
 
     def texts(self, roll) -> list[str]:
-        response, lengths = (np.asarray(sharding_gather(roll[k])) for k in ("response", "lengths"))
+        response, lengths = (sharding.to_host(roll[k]) for k in ("response", "lengths"))
         eos = self.eos_id
         return [self.s.tokenizer.decode([int(t) for t in r[:n] if t != eos]) for r, n in zip(response, lengths)]
 
@@ -121,12 +121,6 @@ def grpo_advantages(roll, group_size: int) -> dict:
     return {"advantages": adv[:, None] * roll["mask"], "ref_logp": roll["ref_logp"]}
 
 
-def sharding_gather(x):
-    from jax.experimental import multihost_utils
-
-    return x if x.is_fully_addressable else multihost_utils.process_allgather(x, tiled=True)
-
-
 def probe(rollouts: Rollouts, params, prompt, prompt_mask, seed: int) -> tuple[dict, list]:
     """Held-out prompts sampled with a fixed key: (eval_reward, eval_true_reward, eval_kl, eval_response_length),
     and the first rows as (prompt, response) texts."""
@@ -139,10 +133,10 @@ def probe(rollouts: Rollouts, params, prompt, prompt_mask, seed: int) -> tuple[d
 def examples(rollouts: Rollouts, roll, true_reward, n: int) -> list[dict]:
     """The first n rollouts as text, with their scores (for rollouts.jsonl and the log)."""
     tok = rollouts.s.tokenizer
-    prompts = np.asarray(sharding_gather(roll["prompt"]))[:n]
-    pmask = np.asarray(sharding_gather(roll["prompt_mask"]))[:n]
+    prompts = sharding.to_host(roll["prompt"])[:n]
+    pmask = sharding.to_host(roll["prompt_mask"])[:n]
     texts = rollouts.texts(roll)[:n]
-    reward = np.asarray(sharding_gather(roll["reward"]))[:n] if "reward" in roll else [None] * n
+    reward = sharding.to_host(roll["reward"])[:n] if "reward" in roll else [None] * n
     out = []
     for i in range(min(n, len(texts))):
         row = {"prompt": tok.decode([int(t) for t, m in zip(prompts[i], pmask[i]) if m]), "response": texts[i]}

@@ -127,13 +127,9 @@ def _same_tokenizer(workdir: str, other: str, key: str) -> None:
                               f"policy's ({a.kind}, {a.vocab_size} tokens); its scores would read other text")
 
 
-def _lm_params(source: str, config, model_cfg, mesh):
-    return workdirs.load_params(source, config, model_cfg, mesh)
-
-
 def _scorers(config, workdir, model_cfg, mesh, tokenizer) -> policy.Scorers:
     r = config.rl
-    s = policy.Scorers(GPT(model_cfg), _lm_params(workdirs.model_dir(config.train.init_from), config, model_cfg, mesh),
+    s = policy.Scorers(GPT(model_cfg), workdirs.load_params(workdirs.model_dir(config.train.init_from), config, model_cfg, mesh),
                        tokenizer=tokenizer)
     if r.reward_from:
         _same_tokenizer(workdir, r.reward_from, "rl.reward_from")
@@ -233,7 +229,7 @@ def _label_comparisons(config, workdir, mesh, tokenizer, model_cfg) -> None:
     """Samples rl.num_responses responses for each of rl.num_prompts training prompts from the starting model, has
     the judge score them, and writes them ranked as `<workdir>/comparisons.jsonl` (simulated labellers)."""
     r = config.rl
-    scorers = policy.Scorers(GPT(model_cfg), _lm_params(config.train.init_from, config, model_cfg, mesh),
+    scorers = policy.Scorers(GPT(model_cfg), workdirs.load_params(config.train.init_from, config, model_cfg, mesh),
                              tokenizer=tokenizer)
     from gptjax.rl.judge import Judge
 
@@ -361,8 +357,8 @@ def _normalise(run, params, enc, batch_size, workdir) -> None:
     values = []
     with run.context():
         for rows in _eval_batches(enc, batch_size):
-            out = np.asarray(policy.sharding_gather(fn(params, _global(rows, run.mesh))))
-            valid = np.asarray(policy.sharding_gather(_global({"v": rows["valid"]}, run.mesh)["v"]))
+            out = sharding.to_host(fn(params, _global(rows, run.mesh)))
+            valid = sharding.to_host(_global({"v": rows["valid"]}, run.mesh)["v"])
             values.append(out[valid > 0])
     values = np.concatenate(values)
     norm = {"mean": float(values.mean()), "std": float(values.std()), "count": int(values.size)}
@@ -432,8 +428,8 @@ def _reference_logprobs(run, scorers, pairs, batch_size):
     with run.context():
         for rows, _ in _row_batches(pairs, batch_size):
             c, r = fn(scorers.ref_params, _global(rows, run.mesh))
-            chosen.append(np.asarray(policy.sharding_gather(c)))
-            rejected.append(np.asarray(policy.sharding_gather(r)))
+            chosen.append(sharding.to_host(c))
+            rejected.append(sharding.to_host(r))
     return np.concatenate(chosen)[:n].astype(np.float32), np.concatenate(rejected)[:n].astype(np.float32)
 
 
