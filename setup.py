@@ -1,5 +1,26 @@
 """gptjax: GPT-style language models in JAX/Flax, from one config-driven codebase."""
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+PTH = "gptjax-lm-eval.pth"  # registers the `gptjax` model with lm-eval's own CLI (gptjax/evals/lm_eval_hook.py)
+
+
+class BuildPyWithPth(build_py):
+    """Puts gptjax-lm-eval.pth at the top of site-packages (as setuptools ships its distutils-precedence.pth): lm-eval
+    0.4.13 reads no entry points, so this is how `lm_eval --model gptjax` finds the model."""
+
+    def run(self):
+        super().run()
+        # An editable install's wheel is assembled in `install`'s install_lib (setuptools' editable_wheel writes
+        # non-package files there directly); a regular wheel takes build_lib.
+        root = self.get_finalized_command("install").install_lib if self.editable_mode else self.build_lib
+        self.copy_file(PTH, os.path.join(root, PTH))
+
+    def get_outputs(self, include_bytecode=True):
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
+
 
 setup(
     name="gptjax",
@@ -41,6 +62,7 @@ setup(
                  "accelerate",  # lm-eval's hf backend, the peer in benchmarks/eval_throughput.py
                  "trl==1.16.0"],  # the RL losses are checked against trl's on the same inputs
     },
-    package_data={"gptjax.analysis": ["vendor/*"]},
+    package_data={"gptjax.analysis": ["vendor/*"], "gptjax.evals.lm_eval_tasks": ["*.yaml"]},
     entry_points={"console_scripts": ["gptjax=gptjax.main:run"]},
+    cmdclass={"build_py": BuildPyWithPth},
 )

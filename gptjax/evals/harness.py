@@ -1,19 +1,20 @@
 """lm-evaluation-harness bridge: `GptjaxLM`, an `lm_eval.api.model.LM` for a gptjax workdir, registered as `gptjax`.
 
 Its three request types run on `gptjax.evals.scoring.Scorer` (sorted, bucketed, sharded over the mesh), so lm-eval's
-numbers for a task are gptjax's own. Importing this module registers the model; lm-eval 0.4.13 (the release
-on PyPI) finds models only through its own table, so run it through this module, which registers `gptjax` and then
-hands the command line to lm-eval's CLI unchanged:
+numbers for a task are gptjax's own. After `pip install -e ".[eval]"`, lm-eval's own command line finds it (the
+installed gptjax-lm-eval.pth registers it when lm-eval loads its model table; see `lm_eval_hook`):
 
-    python -m gptjax.evals.harness --model gptjax --model_args workdir=runs/shakespeare --tasks lambada_openai
-    (or `gptjax-lm-eval ...` where the console script is installed)
+    lm_eval --model gptjax --model_args workdir=runs/shakespeare --tasks lambada_openai
 
-or from Python: `import gptjax.evals.harness; lm_eval.simple_evaluate(model="gptjax", model_args="workdir=DIR", ...)`.
+`python -m gptjax.evals.harness ...` is the same command line with the model registered by this import, for an
+environment where the .pth is not installed (gptjax on PYTHONPATH). From Python:
+`lm_eval.simple_evaluate(model="gptjax", model_args="workdir=DIR", ...)`.
 model_args: workdir (required), tokens_per_batch (rows per batch x bucket length, default 4096).
 """
 
 import sys
 
+import lm_eval.models  # noqa: F401  lm-eval's own table first: registering into an empty one would hide it
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 

@@ -1,0 +1,82 @@
+"""lm-evaluation-harness's own command line finds gptjax (`lm_eval --model gptjax`, through the installed
+gptjax-lm-eval.pth) and, on gptjax's tasks shipped as lm-eval YAML (gptjax/evals/lm_eval_tasks), gives the numbers
+of gptjax's own evaluator."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS_DIR = os.path.join(ROOT, "gptjax", "evals", "lm_eval_tasks")
+LIMIT = 24
+
+
+@pytest.fixture(scope="module")
+def workdir(corpus_file, tmp_path_factory):
+    """A 2-layer char model, 10 steps: the numbers only have to agree, not be good."""
+    from gptjax import configs, train
+
+    c = configs.get_config()
+    c.data.source = "text"
+    c.data.path = corpus_file
+    c.data.tokenizer = "char"
+    c.data.seq_len = 128
+    c.model.update(num_layers=2, d_model=64, num_heads=2, max_len=128)
+    c.train.update(steps=10, batch_size=8, log_every_steps=10)
+    c.eval.update(every_steps=10, steps=1)
+    c.sample.max_new_tokens = 5
+    path = str(tmp_path_factory.mktemp("lm_eval_cli") / "run")
+    train.train_and_evaluate(c, path)
+    return path
+
+
+def lm_eval_command() -> list[str]:
+    """lm-eval's console script beside this interpreter (what `lm_eval` on the PATH is), else its module."""
+    script = os.path.join(os.path.dirname(sys.executable), "lm_eval")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "lm_eval"]
+
+
+def native(workdir, name):
+    from gptjax import workdirs
+    from gptjax.evals import evaluator, scoring, tasks
+
+    _, cfg, params, tok = workdirs.load(workdir)
+    return evaluator.evaluate(scoring.Scorer(cfg, params, tok), tasks.get(name), 0, limit=LIMIT)
+
+
+@pytest.mark.slow
+def test_lm_eval_command_line_runs_gptjax_and_agrees(workdir, tmp_path):
+    pytest.importorskip("lm_eval")
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        lm_eval_command() + ["--model", "gptjax", "--model_args", f"workdir={workdir}", "--include_path", TASKS_DIR,
+                             "--tasks", "gptjax_shakespeare_next_line,gptjax_shakespeare_last_word",
+                             "--limit", str(LIMIT), "--output_path", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, (
+        "lm_eval --model gptjax failed; is gptjax installed with pip (its gptjax-lm-eval.pth registers the model)?\n"
+        + proc.stderr[-3000:])
+    [results_file] = glob.glob(str(tmp_path / "out" / "**" / "results_*.json"), recursive=True)
+    results = json.load(open(results_file))["results"]
+    next_line = native(workdir, "shakespeare_next_line")
+    assert results["gptjax_shakespeare_next_line"]["acc,none"] == pytest.approx(next_line["acc"], abs=1e-9)
+    assert results["gptjax_shakespeare_next_line"]["acc_norm,none"] == pytest.approx(next_line["acc_norm"], abs=1e-9)
+    last_word = native(workdir, "shakespeare_last_word")
+    assert results["gptjax_shakespeare_last_word"]["acc,none"] == pytest.approx(last_word["acc"], abs=1e-9)
+    assert results["gptjax_shakespeare_last_word"]["perplexity,none"] == pytest.approx(last_word["perplexity"],
+                                                                                       rel=1e-5)
+
+
+def test_the_hook_registers_gptjax_beside_lm_evals_own_models():
+    """What the .pth does, in a fresh interpreter: after `import lm_eval.models`, `gptjax` is in the registry as a
+    lazy placeholder (nothing of gptjax's model code imported yet) and lm-eval's own `hf` is still there."""
+    pytest.importorskip("lm_eval")
+    code = ("import gptjax.evals.lm_eval_hook, sys; import lm_eval.models; "
+            "from lm_eval.api.registry import model_registry as r; "
+            "print('gptjax' in r, 'hf' in r, 'gptjax.evals.harness' in sys.modules, 'jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False", "False"], out
