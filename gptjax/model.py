@@ -344,14 +344,23 @@ class GPT(nn.Module):
 
         if c.final_norm:
             x_BxTxD = LayerNorm(c, name="ln_f")(x_BxTxD)
-        if c.tie_embeddings:
-            logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, wte.astype(dtype))
-        else:
-            head = _param(self, "lm_head", nn.initializers.normal(c.init_std), (c.d_model, c.vocab_size),
-                          ("embed", "vocab"), c)
-            logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, head.astype(dtype))
-        logits_BxTxV = nn.with_logical_constraint(logits_BxTxV, ("batch", "length", "act_vocab")).astype(jnp.float32)
+        head = wte if c.tie_embeddings else _param(self, "lm_head", nn.initializers.normal(c.init_std),
+                                                   (c.d_model, c.vocab_size), ("embed", "vocab"), c)
+        logits_BxTxV = unembed(c, x_BxTxD, head)
         return (x_BxTxD, logits_BxTxV) if return_hidden else logits_BxTxV
+
+
+def unembed(c: ModelConfig, x_BxTxD, head):
+    """The LM head: float32 logits from backbone states. `head` is the token embedding (V, D) when tied, else the
+    lm_head kernel (D, V). `lm_head_params` picks it from a params tree, for scoring a few positions only."""
+    eq = "btd,vd->btv" if c.tie_embeddings else "btd,dv->btv"
+    logits_BxTxV = jnp.einsum(eq, x_BxTxD, head.astype(DTYPES[c.dtype]))
+    return nn.with_logical_constraint(logits_BxTxV, ("batch", "length", "act_vocab")).astype(jnp.float32)
+
+
+def lm_head_params(c: ModelConfig, params):
+    """The `head` argument of `unembed` in GPT's params."""
+    return params["wte"] if c.tie_embeddings else params["lm_head"]
 
 
 def count_params(params) -> int:

@@ -33,7 +33,7 @@ import numpy as np
 
 from gptjax import sharding
 from gptjax.errors import DataError, PromptError
-from gptjax.model import GPT, ModelConfig
+from gptjax.model import GPT, ModelConfig, lm_head_params, unembed
 
 MIN_BUCKET = 16
 
@@ -65,16 +65,21 @@ def rolling_windows(tokens: Sequence[int], prefix_token: int, max_len: int) -> l
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("model", "rules"))
-def _score_rows(model, params, tokens_BxT, targets_BxT, last_B, rules=()):
-    """Per position: log p(target) and argmax; per row: the log-softmax at position last_B."""
+@functools.partial(jax.jit, static_argnames=("model", "K", "rules"))
+def _score_rows(model, params, tokens_BxT, targets_BxT, last_B, K: int, rules=()):
+    """The K positions of each row that end at last_B: log p(target) and argmax at each, and the whole log-softmax
+    at last_B. Only those positions go through the LM head: at GPT-2's vocabulary the head and its log-softmax over
+    every position cost about as much as the whole backbone for the few tokens a continuation has."""
     with nn.logical_axis_rules(rules):
-        logits_BxTxV = model.apply({"params": params}, tokens_BxT)
-    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
-    target_lp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-    argmax_BxT = jnp.argmax(logits_BxTxV, axis=-1).astype(jnp.int32)
-    last_lp_BxV = jnp.take_along_axis(logp_BxTxV, last_B[:, None, None], axis=1)[:, 0]
-    return target_lp_BxT, argmax_BxT, last_lp_BxV
+        hidden_BxTxD, _ = model.apply({"params": params}, tokens_BxT, return_hidden=True)  # XLA drops the logits
+        pos_BxK = jnp.maximum(last_B[:, None] - (K - 1) + jnp.arange(K), 0)
+        hidden_BxKxD = jnp.take_along_axis(hidden_BxTxD, pos_BxK[..., None], axis=1)
+        logits_BxKxV = unembed(model.cfg, hidden_BxKxD, lm_head_params(model.cfg, params))
+    logp_BxKxV = jax.nn.log_softmax(logits_BxKxV, axis=-1)
+    targets_BxK = jnp.take_along_axis(targets_BxT, pos_BxK, axis=1)
+    target_lp_BxK = jnp.take_along_axis(logp_BxKxV, targets_BxK[..., None], axis=-1)[..., 0]
+    argmax_BxK = jnp.argmax(logits_BxKxV, axis=-1).astype(jnp.int32)
+    return target_lp_BxK, argmax_BxK, logp_BxKxV[:, K - 1]
 
 
 @dataclasses.dataclass
@@ -148,24 +153,26 @@ class Scorer:
                     tokens[r, :n] = inp
                     targets[r, :n - 1] = inp[1:]
                     last[r] = n - 1
-                lp, am, last_lp = self._run(tokens, targets, last)
+                # positions scored per row: the longest continuation of the chunk, to a power of two (few compiles)
+                K = min(T, 1 << (max(m for inp in chunk for _, m, _ in rows[inp]) - 1).bit_length())
+                lp, am, last_lp = self._run(tokens, targets, last, K)
                 self.forward_rows += len(chunk)
                 for r, inp in enumerate(chunk):
                     n = len(inp)
                     for i, m, final in rows[inp]:
-                        pos = slice(n - m, n - 1)  # the continuation's targets before its last one
-                        total_lp = float(lp[r, pos].sum(dtype=np.float64)) + float(last_lp[r, final])
-                        greedy = bool((am[r, pos] == targets[r, pos]).all() and am[r, n - 1] == final)
+                        # the continuation's targets before its last one: positions n-m..n-2, at K-m..K-2 here
+                        total_lp = float(lp[r, K - m:K - 1].sum(dtype=np.float64)) + float(last_lp[r, final])
+                        greedy = bool((am[r, K - m:K - 1] == targets[r, n - m:n - 1]).all() and am[r, K - 1] == final)
                         results[i] = (total_lp, greedy)
                 bar.update(1)
         bar.close()
         return results
 
-    def _run(self, tokens, targets, last):
+    def _run(self, tokens, targets, last, K):
         mesh = self.mesh
         with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
             args = [self._to_device(x) for x in (tokens, targets, last)]
-            out = _score_rows(self.model, self.params, *args, rules=self.rules)
+            out = _score_rows(self.model, self.params, *args, K=K, rules=self.rules)
         return tuple(sharding.to_host(x) for x in out)
 
     def _to_device(self, x: np.ndarray):
