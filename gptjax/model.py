@@ -359,8 +359,8 @@ def unembed(c: ModelConfig, x_BxTxD, head):
 
 
 def lm_head_params(c: ModelConfig, params):
-    """The `head` argument of `unembed` in GPT's params."""
-    return params["wte"] if c.tie_embeddings else params["lm_head"]
+    """The `head` argument of `unembed` in GPT's params (boxed with their logical axes or not)."""
+    return nn.unbox(params["wte"] if c.tie_embeddings else params["lm_head"])
 
 
 def count_params(params) -> int:

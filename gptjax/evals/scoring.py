@@ -12,12 +12,15 @@ Requests are scored the way lm-evaluation-harness scores them:
   context_len=1 and `make_disjoint_window`). A tokenizer without an end-of-text token conditions on the first token,
   which is then not scored.
 
-Batching: each request is one right-padded row (causal attention never looks at the padding to its right). Rows
-are sorted by length and put into a few fixed shapes, lengths 16, 32, 64, ... max_len, each with a fixed number of
-rows, so each shape compiles once and no batch mixes very short and very long rows. Requests with the same input
-tokens (the choices of a multiple-choice question whose answers are single tokens, for example) share one row: they
-differ only in the last target, and the row returns the log-softmax of its last position. The batch is split over
-the mesh's data axes; every process builds the same global batch from the same request list and takes its rows.
+Batching: inputs (context + continuation without its final token) are packed into rows, longest first, best fit:
+inputs up to PACK_LEN tokens share rows of PACK_LEN as separate segments (attention stays inside a segment and
+positions restart in each, so a packed input is scored exactly as alone); longer inputs get rows of the next length
+in 16, 32, 64, ... max_len. Each row length has a fixed number of rows per batch, so few shapes compile and little
+of a batch is padding. Only the positions a continuation is scored at go through the LM head (at GPT-2's 50k
+vocabulary the head and its log-softmax over every position cost about as much as the backbone). Requests with the
+same input tokens (the choices of a multiple-choice question whose answers are single tokens, for example) share
+one input. The batch is split over the mesh's data axes; every process builds the same global batch from the same
+request list and takes its rows.
 """
 
 import contextlib
@@ -36,6 +39,7 @@ from gptjax.errors import DataError, PromptError
 from gptjax.model import GPT, ModelConfig, lm_head_params, unembed
 
 MIN_BUCKET = 16
+PACK_LEN = 512  # inputs up to this many tokens share rows of this length
 
 
 def bucket_lengths(max_len: int) -> list[int]:
@@ -65,21 +69,37 @@ def rolling_windows(tokens: Sequence[int], prefix_token: int, max_len: int) -> l
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("model", "K", "rules"))
-def _score_rows(model, params, tokens_BxT, targets_BxT, last_B, K: int, rules=()):
-    """The K positions of each row that end at last_B: log p(target) and argmax at each, and the whole log-softmax
-    at last_B. Only those positions go through the LM head: at GPT-2's vocabulary the head and its log-softmax over
-    every position cost about as much as the whole backbone for the few tokens a continuation has."""
+@functools.partial(jax.jit, static_argnames=("model", "rules"))
+def _score_rows(model, params, tokens_BxT, segments_BxT, query_pos_BxQ, query_tok_BxQ, rules=()):
+    """For each query (a position of a packed row and a token): log p(token) there, and whether it is the argmax.
+    Only the queried positions go through the LM head."""
     with nn.logical_axis_rules(rules):
-        hidden_BxTxD, _ = model.apply({"params": params}, tokens_BxT, return_hidden=True)  # XLA drops the logits
-        pos_BxK = jnp.maximum(last_B[:, None] - (K - 1) + jnp.arange(K), 0)
-        hidden_BxKxD = jnp.take_along_axis(hidden_BxTxD, pos_BxK[..., None], axis=1)
-        logits_BxKxV = unembed(model.cfg, hidden_BxKxD, lm_head_params(model.cfg, params))
-    logp_BxKxV = jax.nn.log_softmax(logits_BxKxV, axis=-1)
-    targets_BxK = jnp.take_along_axis(targets_BxT, pos_BxK, axis=1)
-    target_lp_BxK = jnp.take_along_axis(logp_BxKxV, targets_BxK[..., None], axis=-1)[..., 0]
-    argmax_BxK = jnp.argmax(logits_BxKxV, axis=-1).astype(jnp.int32)
-    return target_lp_BxK, argmax_BxK, logp_BxKxV[:, K - 1]
+        hidden_BxTxD, _ = model.apply({"params": params}, tokens_BxT, segment_ids_BxT=segments_BxT,
+                                      return_hidden=True)  # XLA drops the unused logits
+        hidden_BxQxD = jnp.take_along_axis(hidden_BxTxD, query_pos_BxQ[..., None], axis=1)
+        logits_BxQxV = unembed(model.cfg, hidden_BxQxD, lm_head_params(model.cfg, params))
+    logp_BxQxV = jax.nn.log_softmax(logits_BxQxV, axis=-1)
+    lp_BxQ = jnp.take_along_axis(logp_BxQxV, query_tok_BxQ[..., None], axis=-1)[..., 0]
+    return lp_BxQ, jnp.argmax(logits_BxQxV, axis=-1) == query_tok_BxQ
+
+
+def pack_rows(lengths: Sequence[int], row_len: int) -> list[list[int]]:
+    """Best-fit decreasing: indices of `lengths` (each <= row_len) grouped into rows whose lengths sum to at most
+    row_len, longest first, each into the fullest row it fits."""
+    import bisect
+
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free tokens, row index), sorted
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        at = bisect.bisect_left(free, (lengths[i], -1))
+        if at == len(free):
+            rows.append([i])
+            bisect.insort(free, (row_len - lengths[i], len(rows) - 1))
+        else:
+            room, r = free.pop(at)
+            rows[r].append(i)
+            bisect.insort(free, (room - lengths[i], r))
+    return rows
 
 
 @dataclasses.dataclass
@@ -102,7 +122,7 @@ class Scorer:
         self.buckets = tuple(sorted(self.buckets)) or tuple(bucket_lengths(self.model_cfg.max_len))
         if self.buckets[-1] < self.model_cfg.max_len:
             self.buckets += (self.model_cfg.max_len,)
-        self.forward_rows = 0  # rows actually run, for tests and benchmarks
+        self.forward_rows = 0  # inputs actually run (several share a packed row), for tests and benchmarks
 
     @property
     def max_len(self) -> int:
@@ -135,44 +155,49 @@ class Scorer:
             full = (ctx + cont)[-(L + 1):]
             rows.setdefault(tuple(full[:-1]), []).append((i, len(cont), full[-1]))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        order = sorted(rows, key=len)
-        by_bucket: dict[int, list[tuple]] = {}
-        for inp in order:
-            by_bucket.setdefault(next(b for b in self.buckets if b >= len(inp)), []).append(inp)
-        total = sum(math.ceil(len(v) / self.rows_for(b)) for b, v in by_bucket.items())
-        bar = self._bar(total, desc)
-        for T, inputs in by_bucket.items():
+        inputs = list(rows)
+        pack_len = max([b for b in self.buckets if b <= PACK_LEN] or self.buckets[:1])
+        by_len: dict[int, list[tuple]] = {}  # row length -> its inputs
+        for inp in inputs:
+            by_len.setdefault(max(pack_len, next(b for b in self.buckets if b >= len(inp))), []).append(inp)
+        batches = []
+        for T, group in sorted(by_len.items()):
+            packed = [[group[i] for i in row] for row in pack_rows([len(x) for x in group], T)]
             B = self.rows_for(T)
-            for start in range(0, len(inputs), B):
-                chunk = inputs[start:start + B]
-                tokens = np.zeros((B, T), np.int32)
-                targets = np.zeros((B, T), np.int32)
-                last = np.zeros((B,), np.int32)
-                for r, inp in enumerate(chunk):
+            batches += [(T, packed[start:start + B], B) for start in range(0, len(packed), B)]
+        bar = self._bar(len(batches), desc)
+        for T, chunk, B in batches:
+            tokens, segments = np.zeros((B, T), np.int32), np.zeros((B, T), np.int32)
+            queries = [[] for _ in range(B)]  # per row: (position, token)
+            asked = []  # (request, row, first query, number of queries)
+            for r, row in enumerate(chunk):
+                offset = 0
+                for seg, inp in enumerate(row, start=1):
                     n = len(inp)
-                    tokens[r, :n] = inp
-                    targets[r, :n - 1] = inp[1:]
-                    last[r] = n - 1
-                # positions scored per row: the longest continuation of the chunk, to a power of two (few compiles)
-                K = min(T, 1 << (max(m for inp in chunk for _, m, _ in rows[inp]) - 1).bit_length())
-                lp, am, last_lp = self._run(tokens, targets, last, K)
-                self.forward_rows += len(chunk)
-                for r, inp in enumerate(chunk):
-                    n = len(inp)
+                    tokens[r, offset:offset + n] = inp
+                    segments[r, offset:offset + n] = seg
                     for i, m, final in rows[inp]:
-                        # the continuation's targets before its last one: positions n-m..n-2, at K-m..K-2 here
-                        total_lp = float(lp[r, K - m:K - 1].sum(dtype=np.float64)) + float(last_lp[r, final])
-                        greedy = bool((am[r, K - m:K - 1] == targets[r, n - m:n - 1]).all() and am[r, K - 1] == final)
-                        results[i] = (total_lp, greedy)
-                bar.update(1)
+                        asked.append((i, r, len(queries[r]), m))
+                        # the continuation's tokens are predicted at input positions n-m .. n-1
+                        queries[r] += [(offset + p, inp[p + 1] if p + 1 < n else final) for p in range(n - m, n)]
+                    offset += n
+                self.forward_rows += len(row)
+            Q = 1 << (max(len(q) for q in queries) - 1).bit_length()  # a power of two: few compiles
+            query_pos, query_tok = np.zeros((B, Q), np.int32), np.zeros((B, Q), np.int32)
+            for r, q in enumerate(queries):
+                if q:
+                    query_pos[r, :len(q)], query_tok[r, :len(q)] = zip(*q)
+            lp, greedy = self._run(tokens, segments, query_pos, query_tok)
+            for i, r, q, m in asked:
+                results[i] = (float(lp[r, q:q + m].sum(dtype=np.float64)), bool(greedy[r, q:q + m].all()))
+            bar.update(1)
         bar.close()
         return results
 
-    def _run(self, tokens, targets, last, K):
+    def _run(self, *arrays):
         mesh = self.mesh
         with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-            args = [self._to_device(x) for x in (tokens, targets, last)]
-            out = _score_rows(self.model, self.params, *args, K=K, rules=self.rules)
+            out = _score_rows(self.model, self.params, *(self._to_device(x) for x in arrays), rules=self.rules)
         return tuple(sharding.to_host(x) for x in out)
 
     def _to_device(self, x: np.ndarray):
