@@ -38,7 +38,8 @@ VARIANTS = {"plain": {}, "scan": dict(scan_layers=True), "post_ln_untied": dict(
             "remat": dict(remat="full")}
 
 
-@pytest.mark.parametrize("variant", ["plain", "scan"])  # the logit-lens test runs every variant
+# The logit-lens test runs every variant; the variants of all three are in the slow tier.
+@pytest.mark.parametrize("variant", ["plain", pytest.param("scan", marks=pytest.mark.slow)])
 def test_attention_rows_sum_to_one_and_are_zero_above_the_diagonal(variant):
     cfg = dataclasses.replace(TINY, **VARIANTS[variant])
     params = init(cfg)
@@ -52,7 +53,7 @@ def test_attention_rows_sum_to_one_and_are_zero_above_the_diagonal(variant):
     assert not np.allclose(probs[:, :, :, -1], 1 / 13, atol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["plain", "scan"])
+@pytest.mark.parametrize("variant", ["plain", pytest.param("scan", marks=pytest.mark.slow)])
 def test_recording_changes_no_output_and_is_off_unless_asked(variant):
     cfg = dataclasses.replace(TINY, attention_impl="reference", **VARIANTS[variant])
     params, x = init(cfg), jnp.asarray(tokens())
@@ -69,7 +70,8 @@ def test_recording_changes_no_output_and_is_off_unless_asked(variant):
     assert len(jax.tree.leaves(lowered.out_info)) == 1
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [v if v == "plain" else pytest.param(v, marks=pytest.mark.slow)
+                                     for v in VARIANTS])
 def test_logit_lens_last_layer_equals_the_models_logits(variant):
     cfg = dataclasses.replace(TINY, **VARIANTS[variant])
     params, x = init(cfg), tokens()
@@ -80,6 +82,7 @@ def test_logit_lens_last_layer_equals_the_models_logits(variant):
     assert np.abs(lens[0] - logits).max() > 1e-3  # earlier layers are a different read-out
 
 
+@pytest.mark.slow  # the fast tier's inspect test computes token losses
 def test_token_losses_equal_the_evaluation_loss():
     cfg, T = TINY, 17
     params, window = init(cfg, seed=3), tokens(B=3, T=T + 1, seed=4)
@@ -88,9 +91,9 @@ def test_token_losses_equal_the_evaluation_loss():
     nats = analysis.token_losses(cfg, params, window)
     assert nats.shape == (3, T)
     np.testing.assert_allclose(nats.mean(), float(total) / float(count), rtol=1e-5)
+    row_loss = jax.jit(lambda x: cross_entropy(GPT(cfg).apply({"params": params}, x[:, :-1]), x[:, 1:])[0])
     for row in range(3):  # and per sequence, against model.cross_entropy on that row alone
-        logits = GPT(cfg).apply({"params": params}, jnp.asarray(window[row:row + 1, :-1]))
-        loss, _ = cross_entropy(logits, jnp.asarray(window[row:row + 1, 1:]))
+        loss = row_loss(jnp.asarray(window[row:row + 1]))
         np.testing.assert_allclose(analysis.token_losses(cfg, params, window[row]).mean(), float(loss), rtol=1e-5)
 
 
@@ -155,6 +158,7 @@ def induction_model():
     return cfg, jax.tree.map(jnp.asarray, params)
 
 
+@pytest.mark.slow  # the fast tier scores heads in the test above and in gptjax inspect
 def test_head_scores_find_the_induction_head_of_a_model_built_to_have_one():
     cfg, params = induction_model()
     scores = analysis.head_scores(cfg, params, seq_len=12, batch=16)

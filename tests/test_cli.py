@@ -92,9 +92,12 @@ def char_workdir(corpus_file, tmp_path_factory):
     """An untrained char-level workdir (config, tokenizer, params): enough for every sampling error."""
     import importlib.util
 
+    import flax.linen as nn
     import jax
+    import jax.numpy as jnp
 
-    from gptjax import checkpoint, configs, data, sharding, train
+    from gptjax import checkpoint, configs, data
+    from gptjax.model import GPT, ModelConfig
 
     workdir = str(tmp_path_factory.mktemp("char") / "run")
     spec = importlib.util.spec_from_file_location("char", f"{ROOT}/experiments/pretrain/shakespeare_char.py")
@@ -107,8 +110,9 @@ def char_workdir(corpus_file, tmp_path_factory):
     with config.unlocked():
         config.model.vocab_size = tok.vocab_size
     checkpoint.write_config(workdir, config)
-    params = train.lm_trainer(config, sharding.make_mesh((1, 1, 1), jax.devices()[:1])).init_state(0).params
-    checkpoint.save_params(workdir, params)
+    model = GPT(ModelConfig.from_config(config.model))
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    checkpoint.save_params(workdir, nn.unbox(params))
     return workdir
 
 
@@ -126,8 +130,15 @@ def test_sample_errors(char_workdir, capsys, tmp_path):
              f"--prompt_file={tmp_path / 'none.txt'}")
     one_line(capsys, "give exactly one of --prompt and --prompt_file", "sample", f"--workdir={workdir}")
     one_line(capsys, "not in the", "sample", f"--workdir={workdir}", "--prompt=\u2603")
-    status, out, _ = gptjax_in_process(capsys, "sample", f"--workdir={workdir}", "--prompt=ROMEO:", "--max_new_tokens=100",
-                                "--temperature=0")  # past the 64-token context: the window slides
+    status, out, _ = gptjax_in_process(capsys, "sample", f"--workdir={workdir}", "--prompt=ROMEO:",
+                                       "--max_new_tokens=4", "--temperature=0")
+    assert status == 0 and len(out.split("\n-----")[0]) == len("ROMEO:") + 4 and out.startswith("ROMEO:")
+
+
+@pytest.mark.slow  # about 8 s more: the programs of a second, slid window
+def test_sample_slides_past_the_context_in_process(char_workdir, capsys):
+    status, out, _ = gptjax_in_process(capsys, "sample", f"--workdir={char_workdir}", "--prompt=ROMEO:",
+                                       "--max_new_tokens=100", "--temperature=0")  # past the 64-token context
     assert status == 0 and len(out.split("\n-----")[0]) == len("ROMEO:") + 100
 
 

@@ -1,6 +1,9 @@
-"""End to end on a tiny trained workdir: every shipped task runs; `gptjax eval` (its module entry) writes
-eval/results.json, results.md and the plots and nothing else; the in-training hook; bad input is one line; and
-lm-eval through the bridge gives the numbers of gptjax's own evaluator on local YAML tasks."""
+"""End to end on a tiny trained workdir (slow tier): every shipped task runs; `gptjax eval` (its module entry) writes
+eval/results.json, results.md and the plots and nothing else; bad input is one line from its own process; and
+lm-eval through the bridge gives the numbers of gptjax's own evaluator on local YAML tasks.
+
+In process on an untrained workdir (fast tier): bad input is one line; the in-training hook; the lm-eval bridge's
+three request types are the scorer's; gptjax's tasks as lm-eval datasets."""
 
 import importlib.util
 import json
@@ -12,10 +15,10 @@ import numpy as np
 import pytest
 
 from gptjax.errors import GptjaxError
+from helpers import one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data", "evals")
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +49,33 @@ def workdir(corpus_file, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    """The trained workdir's model shapes (2 layers, context 128, a char tokenizer over printable ASCII) with initial
+    params: what the in-process tests need, in a second instead of a training run."""
+    import string
+
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from gptjax import checkpoint, configs, tokenizer
+    from gptjax.model import GPT, ModelConfig
+
+    path = str(tmp_path_factory.mktemp("evals_untrained") / "run")
+    c = configs.get_config()
+    c.data.update(tokenizer="char", seq_len=128)
+    c.model.update(num_layers=2, d_model=64, num_heads=2, max_len=128)
+    c.mesh.shape = (-1, 1, 1)
+    c.model.vocab_size = tokenizer.build_tokenizer(c.data, path, lambda: [string.printable]).vocab_size
+    c = configs.finalize(c)
+    checkpoint.write_config(path, c)
+    model = GPT(ModelConfig.from_config(c.model))
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    checkpoint.save_params(path, nn.unbox(params))
+    return path
+
+
 def eval_cli(*args):
     return subprocess.run([sys.executable, "-m", "gptjax.evals.cli", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=900)
@@ -60,6 +90,7 @@ def snapshot(workdir):
     return out
 
 
+@pytest.mark.slow
 def test_every_shipped_task_runs(workdir):
     from gptjax import workdirs
     from gptjax.evals import evaluator, scoring, tasks
@@ -81,6 +112,7 @@ def test_every_shipped_task_runs(workdir):
     assert 0 <= m["acc"] <= 1
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_only_eval_dir(workdir, tmp_path):
     before = snapshot(workdir)
     out = eval_cli(f"--workdir={workdir}", f"--config={ROOT}/experiments/eval/synthetic.py:limit=4",
@@ -99,6 +131,7 @@ def test_eval_cli_writes_only_eval_dir(workdir, tmp_path):
     assert "| arithmetic_2da | acc |" in md and "2-shot" in md
 
 
+@pytest.mark.slow
 def test_eval_cli_several_workdirs_compare(workdir, tmp_path):
     import shutil
 
@@ -115,18 +148,33 @@ def test_eval_cli_several_workdirs_compare(workdir, tmp_path):
     assert a["shots"] == b["shots"]  # the same params give the same numbers
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config.tasks=('nosuchtask',)"], "gptjax: error: config.tasks: unknown task 'nosuchtask'"),
+BAD_INPUT = [
+    (["--config.tasks=('nosuchtask',)"], "config.tasks: unknown task 'nosuchtask'"),
     (["--config.shots=(500,)", "--config.tasks=('copa:path=" + DATA + "/copa.jsonl',)"],
      "500-shot needs 500 demonstrations, but the demonstration split has 2"),
     (["--config.tasks=('copa:path=" + DATA + "/bad_target.jsonl',)"], "target 5 is not an index"),
-])
-def test_eval_cli_bad_input_is_one_line(workdir, args, message):
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+def test_eval_bad_input_is_one_line(untrained, capsys, args, message):
+    one_line_error(capsys, message, "eval", f"--workdir={untrained}", f"--config={ROOT}/experiments/eval/synthetic.py",
+                   *args)
+    assert not os.path.exists(os.path.join(untrained, "eval"))
+
+
+@pytest.mark.slow
+def test_eval_cli_bad_input_is_one_line_from_its_own_process(workdir):
+    """The module entry (`python -m gptjax.evals.cli`) turns bad input into one line too (one case: the others run
+    in process above)."""
+    args, message = BAD_INPUT[0]
     out = eval_cli(f"--workdir={workdir}", f"--config={ROOT}/experiments/eval/synthetic.py", *args)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert out.stderr.startswith("gptjax: error: ") and message in out.stderr, out.stderr[-2000:]
 
 
-def test_workdir_without_checkpoint(tmp_path, workdir):
+def test_workdir_without_checkpoint(tmp_path, untrained):
+    workdir = untrained
     from gptjax.evals import cli
     from gptjax.evals.config import eval_config
 
@@ -139,6 +187,22 @@ def test_workdir_without_checkpoint(tmp_path, workdir):
         cli.run([str(tmp_path / "nockpt")], eval_config(("arithmetic_2da",), limit=1))
 
 
+def test_hook_in_training_on_an_untrained_model(untrained):
+    """evaluate_in_training's metrics are the evaluator's, on the mesh it is given (one task, one K: the slow test
+    below has two of each)."""
+    from gptjax import sharding, workdirs
+    from gptjax.evals import evaluator, hook, scoring, tasks
+
+    config, cfg, params, tok = workdirs.load(untrained)
+    mesh, rules = sharding.make_mesh((-1, 1, 1)), config.mesh.logical_axis_rules
+    got = hook.evaluate_in_training(["arithmetic_2da"], (0,), 4, cfg, params, tok, mesh, rules, seed=0)
+    assert set(got) == {"icl/arithmetic_2da/0shot_acc", "icl/arithmetic_2da/0shot_perplexity"}
+    want = evaluator.evaluate(scoring.Scorer(cfg, params, tok, mesh=mesh, rules=rules), tasks.get("arithmetic_2da"),
+                              0, limit=4)
+    assert got == {f"icl/arithmetic_2da/0shot_{m}": pytest.approx(want[m], rel=1e-6) for m in ("acc", "perplexity")}
+
+
+@pytest.mark.slow
 def test_hook_in_training(workdir):
     from gptjax import sharding, workdirs
     from gptjax.evals import evaluator, hook, scoring, tasks
@@ -201,6 +265,65 @@ metric_list:
 }
 
 
+def test_lm_eval_bridge_answers_each_request_type_with_the_scorer(untrained):
+    """GptjaxLM passes lm-eval's requests (only their .args are read) to a Scorer on every device: the answers are
+    that scorer's (generate_until: the slow test below)."""
+    pytest.importorskip("lm_eval")
+    import types
+
+    from gptjax import sharding, workdirs
+    from gptjax.evals import harness, scoring
+
+    lm = harness.GptjaxLM(workdir=untrained)
+    config, cfg, params, tok = workdirs.load(untrained)
+    scorer = scoring.Scorer(cfg, params, tok, mesh=sharding.make_mesh((-1, 1, 1)),
+                            rules=config.mesh.logical_axis_rules)
+    assert lm.max_length == scorer.max_len == 128
+
+    def requests(*args_list):
+        return [types.SimpleNamespace(args=args) for args in args_list]
+
+    pairs = [("ROMEO: I", " love"), ("2 + 2 =", " 4"), ("ROMEO: I", " hate")]
+    assert lm.loglikelihood(requests(*pairs)) == scorer.loglikelihood(pairs)
+    docs = ["the cat sat on the mat. " * 8]  # longer than the context: rolling windows
+    assert lm.loglikelihood_rolling(requests(*[(d,) for d in docs])) == scorer.loglikelihood_rolling(docs)
+
+
+@pytest.mark.slow  # about 3 s: the sampling programs
+def test_lm_eval_bridge_generates_until_a_stop(untrained):
+    pytest.importorskip("lm_eval")
+    import types
+
+    from gptjax import sharding, workdirs
+    from gptjax.evals import harness, scoring
+
+    lm = harness.GptjaxLM(workdir=untrained)
+    config, cfg, params, tok = workdirs.load(untrained)
+    scorer = scoring.Scorer(cfg, params, tok, mesh=sharding.make_mesh((-1, 1, 1)),
+                            rules=config.mesh.logical_axis_rules)
+    got = lm.generate_until([types.SimpleNamespace(args=("ROMEO:", {"until": "\n", "max_gen_toks": 5})),
+                             types.SimpleNamespace(args=("O", {"max_gen_toks": 3}))])
+    assert got == scorer.generate_until([("ROMEO:", ("\n",), 5), ("O", (), 3)])
+    assert all(len(g) <= n and "\n" not in g for g, n in zip(got, (5, 3)))
+
+
+def test_shakespeare_tasks_as_lm_eval_datasets():
+    """gptjax/evals/lm_eval_tasks: the examples are the test split and the demonstrations the train split, as the
+    YAML files beside it read them."""
+    pytest.importorskip("datasets")
+    from gptjax.evals import tasks
+    from gptjax.evals.lm_eval_tasks import utils
+
+    mc, t = utils.load("shakespeare_next_line"), tasks.get("shakespeare_next_line")
+    assert (mc["test"].num_rows, mc["train"].num_rows) == (len(t.examples), len(t.demos))
+    e = t.examples[3]
+    assert mc["test"][3] == {"query": e.query, "choices": list(e.choices), "label": int(e.target)}
+    cloze, t = utils.load("shakespeare_last_word"), tasks.get("shakespeare_last_word")
+    assert (cloze["test"].num_rows, cloze["train"].num_rows) == (len(t.examples), len(t.demos))
+    assert cloze["train"][0] == {"query": t.demos[0].query, "target": t.demos[0].target}
+
+
+@pytest.mark.slow
 def test_lm_eval_bridge_equals_native_evaluator(workdir, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -70,23 +70,25 @@ def test_the_head_reads_the_last_token_that_is_not_padding():
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, 23, (3, 1, 12)).astype(np.int32)
     lengths = np.array([[5], [12], [1]], np.int32)
-    params = model.init(jax.random.PRNGKey(0), tokens, lengths)["params"]
-    params = nn.unbox(params)
-    scores, _ = model.apply({"params": params}, tokens, lengths)
+    params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), tokens, lengths)["params"])
+    apply = jax.jit(model.apply)  # one program for the three calls below
+    scores, _ = apply({"params": params}, tokens, lengths)
     # The head is a linear map of the backbone's hidden state at position length - 1.
-    hidden, _ = GPT(model.cfg).apply({"params": params["gpt"]}, tokens[:, 0], return_hidden=True)
+    hidden, _ = jax.jit(lambda p, x: GPT(model.cfg).apply({"params": p}, x, return_hidden=True))(params["gpt"],
+                                                                                                tokens[:, 0])
     want = hidden[np.arange(3), lengths[:, 0] - 1] @ params["kernel"] + params["bias"]
     np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-6)
     # Padding after the last token changes nothing; the last token itself does.
     padded = tokens.copy()
     for i, n in enumerate(lengths[:, 0]):
         padded[i, 0, n:] = rng.integers(1, 23, 12 - n)
-    np.testing.assert_array_equal(model.apply({"params": params}, padded, lengths)[0], scores)
+    np.testing.assert_array_equal(apply({"params": params}, padded, lengths)[0], scores)
     changed = tokens.copy()
     changed[0, 0, 4] = (changed[0, 0, 4] % 22) + 1
-    assert not np.allclose(model.apply({"params": params}, changed, lengths)[0][0], scores[0])
+    assert not np.allclose(apply({"params": params}, changed, lengths)[0][0], scores[0])
 
 
+@pytest.mark.slow  # the fast tier's head test is the one above (combine="first")
 def test_similarity_adds_both_orders_and_multiple_choice_softmaxes_over_choices():
     rng = np.random.default_rng(1)
     tokens = rng.integers(1, 23, (2, 2, 8)).astype(np.int32)
@@ -114,6 +116,7 @@ def _cls_batch(rng, B=4, C=1, T=12, classes=3):
             "weight": np.ones((B, 1), np.float32)}
 
 
+@pytest.mark.slow  # three gradient programs; the fast tier trains a classifier with the LM loss in the LoRA test
 def test_lambda_zero_leaves_the_lm_loss_without_effect():
     model = _classifier()
     batch = _cls_batch(np.random.default_rng(2))
@@ -123,16 +126,16 @@ def test_lambda_zero_leaves_the_lm_loss_without_effect():
         scores, _ = model.apply({"params": p["model"]}, batch["inputs"], batch["lengths"])
         return optax.softmax_cross_entropy_with_integer_labels(scores, batch["label"][:, 0]).mean()
 
-    def grads(task):
-        return jax.value_and_grad(lambda p: task.loss(model, p, batch, jax.random.PRNGKey(1))[0])(params)
+    def grads(task):  # jitted, as every loss below: one program each instead of hundreds of eager ops
+        return jax.jit(jax.value_and_grad(lambda p: task.loss(model, p, batch, jax.random.PRNGKey(1))[0]))(params)
 
-    (l0, g0), (lh, gh) = grads(tasks.Classification(12, 1, 0.0)), jax.value_and_grad(head_only)(params)
+    (l0, g0), (lh, gh) = grads(tasks.Classification(12, 1, 0.0)), jax.jit(jax.value_and_grad(head_only))(params)
     np.testing.assert_allclose(l0, lh, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), g0, gh)
     # With lambda = 0.5 the LM loss is there: L = L_clf + 0.5 L_lm, and the gradients differ.
     half = tasks.Classification(12, 1, 0.5)
-    l5, g5 = grads(half)
-    _, aux = half.loss(model, params, batch, jax.random.PRNGKey(1))
+    (l5, aux), g5 = jax.jit(jax.value_and_grad(lambda p: half.loss(model, p, batch, jax.random.PRNGKey(1)),
+                                               has_aux=True))(params)
     np.testing.assert_allclose(l5, aux["clf_loss"] + 0.5 * aux["lm_loss"], rtol=1e-6)
     assert aux["lm_loss"] > 1.0
     assert not np.allclose(g5["model"]["gpt"]["wte"], g0["model"]["gpt"]["wte"])
@@ -164,14 +167,14 @@ def test_sft_loss_counts_response_tokens_only():
         from gptjax.model import cross_entropy
         return cross_entropy(logits, rows["targets"], rows["weights"])[0]
 
-    logits = model.apply({"params": params["model"]}, rows["inputs"])
-    g = jax.grad(loss_of_logits)(logits)
+    logits = jax.jit(model.apply)({"params": params["model"]}, rows["inputs"])
+    g = jax.jit(jax.grad(loss_of_logits))(logits)
     prompt = rows["weights"] == 0
     assert np.all(np.asarray(g)[prompt] == 0) and np.all(np.abs(np.asarray(g)[~prompt]).sum(-1) > 0)
     # Scrambling the prompt tokens' targets changes neither the loss nor any parameter gradient.
     scrambled = {**rows, "targets": np.where(prompt, (rows["targets"] + 3) % tok.vocab_size, rows["targets"])}
-    a = jax.value_and_grad(lambda p: task.loss(model, p, rows, None)[0])(params)
-    b = jax.value_and_grad(lambda p: task.loss(model, p, scrambled, None)[0])(params)
+    loss_and_grads = jax.jit(jax.value_and_grad(lambda p, rows: task.loss(model, p, rows, None)[0]))
+    a, b = loss_and_grads(params, rows), loss_and_grads(params, scrambled)
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
@@ -184,11 +187,12 @@ def test_packed_batches_give_the_loss_and_gradients_of_unpacked_ones():
     model, task = GPT(cfg), tasks.InstructionTuning(16)
     params = nn.unbox(task.init(model, jax.random.PRNGKey(0), unpacked))
     unpacked = {k: v for k, v in unpacked.items() if k != "segment_ids"}  # one example per row: no segments at all
-    a = jax.value_and_grad(lambda p: task.loss(model, p, packed, None)[0])(params)
-    b = jax.value_and_grad(lambda p: task.loss(model, p, unpacked, None)[0])(params)
+    loss_and_grads = jax.jit(jax.value_and_grad(lambda p, rows: task.loss(model, p, rows, None)[0]))
+    a, b = loss_and_grads(params, packed), loss_and_grads(params, unpacked)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-7), a, b)
 
 
+@pytest.mark.slow  # the fast tier's LoRA test is the training step below
 def test_lora_starts_as_the_base_model_and_merged_equals_unmerged():
     model = _classifier()
     batch = _cls_batch(np.random.default_rng(3))

@@ -39,9 +39,10 @@ def rand(shape, seed, dtype=jnp.float32):
 
 def assert_grads_close(f, g, args, argnums, rtol, atol):
     cot = rand(jax.eval_shape(f, *args).shape, 99)
-    ga = jax.grad(lambda *a: (f(*a) * cot).sum(), argnums)(*args)
-    gb = jax.grad(lambda *a: (g(*a) * cot).sum(), argnums)(*args)
-    np.testing.assert_allclose(f(*args), g(*args), rtol=rtol, atol=atol)
+    # Jitted: one program each instead of dozens of eagerly dispatched ops (the tier's time is mostly compiling).
+    ga = jax.jit(jax.grad(lambda *a: (f(*a) * cot).sum(), argnums))(*args)
+    gb = jax.jit(jax.grad(lambda *a: (g(*a) * cot).sum(), argnums))(*args)
+    np.testing.assert_allclose(jax.jit(f)(*args), jax.jit(g)(*args), rtol=rtol, atol=atol)
     for a, b in zip(ga, gb):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=rtol, atol=atol)
 

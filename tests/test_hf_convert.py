@@ -1,4 +1,7 @@
-"""Hugging Face GPT-2 conversion, checked by logits against transformers' own GPT2LMHeadModel."""
+"""Hugging Face GPT-2 conversion, checked by logits against transformers' own GPT2LMHeadModel.
+
+The checks against transformers are in the slow tier (importing torch and transformers alone takes about 4 s);
+the fast tier has the round trip through the safetensors layout and the refusals."""
 
 import json
 import pathlib
@@ -7,19 +10,20 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import save_file
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptjax.convert import hf
 from gptjax.model import GPT, ModelConfig
 
-torch.set_num_threads(1)
 SHAPE = dict(vocab_size=97, num_layers=2, d_model=64, num_heads=4, max_len=32)
 
 
 def _torch_model(seed=0):
     """A small random GPT2LMHeadModel with LayerNorm parameters and biases that are not 1 and 0."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.set_num_threads(1)
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=32, vocab_size=97,
                                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
@@ -31,17 +35,19 @@ def _torch_model(seed=0):
 
 
 def _torch_logits(model, tokens):
+    import torch
+
     with torch.no_grad():
         return model(torch.tensor(tokens)).logits.numpy()
 
 
 def _jax_logits(cfg, params, tokens):
-    return np.asarray(GPT(cfg).apply({"params": params}, tokens))
+    return np.asarray(jax.jit(GPT(cfg).apply)({"params": params}, tokens))  # one program, not op by op
 
 
 def _gptjax_params(cfg, seed=0):
     """Random gptjax params with perturbed LayerNorms and biases."""
-    params = nn.unbox(GPT(cfg).init(jax.random.key(seed), np.zeros((1, 1), np.int32))["params"])
+    params = nn.unbox(jax.jit(GPT(cfg).init)(jax.random.key(seed), np.zeros((1, 1), np.int32))["params"])
     rng = np.random.default_rng(seed)
 
     def perturb(path, x):
@@ -56,6 +62,7 @@ def tokens():
     return np.random.default_rng(0).integers(0, 97, (2, 32)).astype(np.int32)
 
 
+@pytest.mark.slow
 def test_import_from_transformers(tmp_path, tokens):
     model = _torch_model()
     model.save_pretrained(tmp_path, safe_serialization=True)
@@ -69,7 +76,10 @@ def test_import_from_transformers(tmp_path, tokens):
     np.testing.assert_allclose(_jax_logits(cfg, params, tokens), _torch_logits(model, tokens), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_export_to_transformers(tmp_path, tokens):
+    from transformers import GPT2LMHeadModel
+
     cfg = ModelConfig(**SHAPE)
     params = _gptjax_params(cfg)
     hf.save_hf_gpt2(params, cfg, str(tmp_path), extra_config={"eos_token_id": 5})
@@ -95,6 +105,7 @@ def test_round_trip_and_scan_layout(tmp_path, tokens):
     jax.tree.map(np.testing.assert_array_equal, hf.unstack_layers(stacked, cfg.num_layers), params)
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_with_old_buffers(tmp_path, tokens):
     """Shards listed by an index, keys without the "transformer." prefix, a tied lm_head and mask buffers."""
     model = _torch_model(seed=2)

@@ -37,7 +37,8 @@ def batch(B=3, T=17, seed=0):
     return jax.random.randint(jax.random.key(seed), (B, T), 0, TINY.vocab_size)
 
 
-@pytest.mark.parametrize("variant", ["plain", "dropout", "left_padding", "post_ln", "scan_remat", "packed"])
+@pytest.mark.parametrize("variant", ["plain", "packed"] + [
+    pytest.param(v, marks=pytest.mark.slow) for v in ("dropout", "left_padding", "post_ln", "scan_remat")])
 def test_cpu_fused_equals_reference_on_the_whole_model(variant):
     """Losses and every gradient, fp32, 1e-6 relative (the issue's bar) with an absolute floor for near-zero
     gradient entries."""
@@ -126,6 +127,7 @@ def test_an_ablation_written_only_in_the_reference_trains(monkeypatch):
         check_grads(loss, (params,), order=1, modes=["rev"], eps=1e-3, atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.slow  # the fast tier records attention in tests/test_analysis.py
 def test_reference_records_attention_without_changing_outputs():
     cfg = dataclasses.replace(TINY, attention_impl="reference")
     tokens = batch(2, 12)

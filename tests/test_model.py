@@ -37,7 +37,7 @@ def test_output_shape_and_finite(variant):
     assert ("ln_f" in params) == cfg.final_norm
 
 
-@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("norm", ["pre", pytest.param("post", marks=pytest.mark.slow)])
 def test_causal_by_gradient(norm):
     """d logits[t] / d embedding[s] is zero for every s > t and nonzero for s <= t."""
     cfg = dataclasses.replace(TINY, norm=norm)
@@ -50,14 +50,19 @@ def test_causal_by_gradient(norm):
         p = dict(params, wpe=params["wpe"].at[:T].add(delta_TxD))
         return GPT(cfg).apply({"params": p}, x)[0].sum(-1)  # (T,)
 
-    jac_TxTxD = jax.jacrev(logits_sum)(jnp.zeros((T, cfg.d_model)))
+    jac_TxTxD = jax.jit(jax.jacrev(logits_sum))(jnp.zeros((T, cfg.d_model)))
     for t in range(T):
         norms = jnp.abs(jac_TxTxD[t]).sum(-1)
         assert bool((norms[t + 1:] == 0).all()), f"position {t} depends on a later position"
         assert bool((norms[: t + 1] > 0).all()), f"position {t} ignores an earlier position"
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+# The small presets in the fast tier; tracing the deep ones (up to GPT-3's 96 layers) takes about a second each.
+FAST_PRESETS = ("gpt1", "gpt2-small", "gpt3-small")
+
+
+@pytest.mark.parametrize("name", [n if n in FAST_PRESETS else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(PRESETS)])
 def test_preset_parameter_counts(name):
     c = get_config()
     apply_preset(c.model, name)
@@ -71,8 +76,8 @@ def test_preset_parameter_counts(name):
 
 
 def test_gpt2_initialisation():
-    cfg = ModelConfig(vocab_size=512, num_layers=8, d_model=256, num_heads=4, max_len=16)
-    p = init(cfg)
+    cfg = ModelConfig(vocab_size=512, num_layers=4, d_model=256, num_heads=4, max_len=16)
+    p = jax.jit(init, static_argnums=0)(cfg)
     assert abs(float(p["wte"].std()) - 0.02) < 0.002
     assert abs(float(p["h_0"]["mlp"]["fc_kernel"].std()) - 0.02) < 0.002
     scaled = 0.02 / np.sqrt(2 * cfg.num_layers)
@@ -87,14 +92,15 @@ def test_bf16_compute_with_fp32_params():
     params = init(cfg)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     x = tokens()
-    lo = GPT(cfg).apply({"params": params}, x)
-    hi = GPT(TINY).apply({"params": params}, x)
+    lo = jax.jit(GPT(cfg).apply)({"params": params}, x)
+    hi = jax.jit(GPT(TINY).apply)({"params": params}, x)
     assert lo.dtype == jnp.float32
     np.testing.assert_allclose(lo, hi, atol=0.1)
-    grads = jax.grad(lambda p: GPT(cfg).apply({"params": p}, x).mean())(params)
+    grads = jax.jit(jax.grad(lambda p: GPT(cfg).apply({"params": p}, x).mean()))(params)
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow  # the fast tier's bf16 test is the one above
 def test_bf16_params():
     cfg = dataclasses.replace(TINY, dtype="bfloat16", param_dtype="bfloat16")
     params = init(cfg)
@@ -113,7 +119,7 @@ def test_scan_layers_equal_unrolled(remat):
     )
 
 
-@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("scan", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_cached_decoding_equals_full_forward(scan):
     cfg = dataclasses.replace(TINY, scan_layers=scan)
     params = init(TINY)
@@ -122,12 +128,12 @@ def test_cached_decoding_equals_full_forward(scan):
     x = tokens(B=2, T=12)
     full = GPT(cfg).apply({"params": params}, x)
     cache = GPT(cfg).init(jax.random.key(0), jnp.zeros((2, 12), jnp.int32), decode=True)["cache"]
-    # Prefill five tokens, then one at a time.
-    logits, v = GPT(cfg).apply({"params": params, "cache": cache}, x[:, :5], decode=True, mutable=["cache"])
+    # Prefill five tokens, then one at a time (one compiled step for the seven single tokens).
+    decode = jax.jit(lambda p, c, x: GPT(cfg).apply({"params": p, "cache": c}, x, decode=True, mutable=["cache"]))
+    logits, v = decode(params, cache, x[:, :5])
     np.testing.assert_allclose(logits, full[:, :5], atol=1e-5)
     for t in range(5, 12):
-        logits, v = GPT(cfg).apply({"params": params, "cache": v["cache"]}, x[:, t:t + 1], decode=True,
-                                   mutable=["cache"])
+        logits, v = decode(params, v["cache"], x[:, t:t + 1])
         np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5)
 
 
@@ -166,6 +172,7 @@ def test_remat_policies_give_the_losses_and_gradients_of_none(scan):
                      want_grads)
 
 
+@pytest.mark.slow  # the fast tier runs remat="full" in test_scan_layers_equal_unrolled
 def test_remat_policies_save_what_they_name():
     """Each policy keeps a different amount for the backward pass (none of them is `none` or `full` in disguise)."""
     from jax._src.ad_checkpoint import saved_residuals

@@ -1,5 +1,6 @@
 """Warmup-cosine schedule, weight-decay mask, clipping and gradient accumulation."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -40,9 +41,15 @@ def test_warmup_cosine_values():
     assert abs(float(optimizer.schedule(c, train_steps=300)(300)) - 1e-4) < 1e-9
 
 
-def _params(scan=False):
+@functools.cache
+def _unrolled_params():
+    """Built once (one compiled init) for every test here; no test changes them."""
     cfg = ModelConfig(vocab_size=50, num_layers=2, d_model=16, num_heads=2, max_len=8, tie_embeddings=False)
-    params = nn.unbox(GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    return nn.unbox(jax.jit(GPT(cfg).init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+
+
+def _params(scan=False):
+    params = _unrolled_params()
     return jax.tree.map(jnp.asarray, stack_layers(params, 2)) if scan else params
 
 
@@ -66,7 +73,7 @@ def test_decay_applies_only_to_masked_params():
     params = _params()
     tx = optimizer.make_optimizer(c, train_steps=10)
     zero = jax.tree.map(jnp.zeros_like, params)
-    updates, _ = tx.update(zero, tx.init(params), params)
+    updates, _ = jax.jit(tx.update)(zero, tx.init(params), params)
     # With zero gradients only decoupled weight decay moves a parameter: -lr * wd * p.
     np.testing.assert_allclose(updates["h_0"]["mlp"]["fc_kernel"], -0.05 * params["h_0"]["mlp"]["fc_kernel"], rtol=1e-5)
     assert float(jnp.abs(updates["wte"]).max()) == 0.0

@@ -76,6 +76,7 @@ def test_small_model_on_cpu8_fsdp(capsys):
     assert full["flops_per_step_with_recompute_estimate"] > full["model_flops_per_step"] and full["mfu_estimate"] < 1
 
 
+@pytest.mark.slow  # a second compile; the fast tier's plan is the JSON one above
 def test_the_text_report(capsys):
     status, out, err = in_process(capsys, "--topology=cpu:2", "--config.mesh.shape=(1,-1,1)", *SMALL)
     assert status == 0, err
@@ -93,6 +94,7 @@ def test_bad_input_is_one_line(capsys, monkeypatch):
     one_line(capsys, 'compiling for TPUs needs libtpu: pip install -e ".[tpu]"', "--topology=v5e-8")
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_gpt3_175b_does_not_fit_on_v5e8(capsys):
     line = one_line(capsys, "does not fit on v5e-8", f"--config={GPT3}:size=gpt3-175b", "--topology=v5e-8")

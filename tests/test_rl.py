@@ -61,6 +61,7 @@ def _prompts(B=8, P=6, seed=0):
 # --- the rollout's log-probabilities and layout ------------------------------------------------------------
 
 
+@pytest.mark.slow  # the fast tier's probe test needs the same identity (its KL to the reference is 0)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampler_logprobs_equal_a_forward_pass_of_the_policy(temperature):
     """The sampler's log-probabilities (temperature applied) are the policy's, by a forward pass over prompt +
@@ -71,10 +72,12 @@ def test_sampler_logprobs_equal_a_forward_pass_of_the_policy(temperature):
     response, logp, lengths = sampling.sample_batch(CFG, params, jnp.asarray(tokens), jnp.asarray(mask),
                                                     jax.random.key(5), max_new_tokens=10, temperature=temperature)
     assert int(lengths.min()) == 10
-    forward_logp, resp_mask, _, _ = response_logprobs(GPT(CFG), params, tokens, mask, response, lengths, temperature)
+    # Jitted (one program for both temperatures) rather than dispatched op by op.
+    forward = jax.jit(lambda *a: response_logprobs(GPT(CFG), params, *a)[:2])
+    forward_logp, resp_mask = forward(tokens, mask, response, lengths, temperature)
     np.testing.assert_allclose(np.asarray(logp), np.asarray(forward_logp), atol=2e-5)
     assert float(resp_mask.sum()) == 8 * 10
-    other = response_logprobs(GPT(CFG), params, tokens, mask, response, lengths, 1.3)[0]
+    other = forward(tokens, mask, response, lengths, 1.3)[0]
     assert np.abs(np.asarray(other) - np.asarray(logp)).max() > 1e-2  # the temperature is really applied
 
 
@@ -89,11 +92,12 @@ def test_reward_model_reads_the_last_response_token_and_pairs_every_ranked_pair(
     batch = {"prompt": tokens, "prompt_mask": mask, "response": rng.integers(1, 40, (2, 3, 5)).astype(np.int32),
              "lengths": np.array([[5, 2, 3], [1, 4, 5]], np.int32), "ranks": np.array([[0, 2, 1], [1, 0, 2]], np.int32),
              "valid": np.array([[1, 1, 1], [1, 1, 0]], np.float32)}
-    r = np.asarray(task.rewards(model, params, batch))
+    rewards = jax.jit(lambda b: task.rewards(model, params, b))  # one program for both batches
+    r = np.asarray(rewards(batch))
     changed = {**batch, "response": batch["response"].copy()}
     changed["response"][0, 1, 2:] = 7  # after response (0, 1)'s last token: its reward must not move
-    assert np.asarray(task.rewards(model, params, changed))[0, 1] == pytest.approx(r[0, 1], abs=1e-6)
-    loss, m = task.loss(model, params, batch, None)
+    assert np.asarray(rewards(changed))[0, 1] == pytest.approx(r[0, 1], abs=1e-6)
+    loss, m = jax.jit(lambda b: task.loss(model, params, b, None))(batch)
     pairs = [(0, 0, 2), (0, 0, 1), (0, 2, 1), (1, 1, 0)]  # (row, better, worse); row 1's third is not valid
     expected = np.mean([np.log1p(np.exp(-(r[b, i] - r[b, j]))) for b, i, j in pairs])
     assert float(loss) == pytest.approx(expected, rel=1e-5)
@@ -136,6 +140,66 @@ def test_sharded_ppo_update_equals_one_device():
     for k in ("train_loss", "policy_loss", "value_loss", "grad_norm"):
         np.testing.assert_allclose(o1[k], o2[k], rtol=1e-4, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), p1, p2)
+
+
+def test_probe_of_the_reference_policy_has_no_kl_and_the_judges_scores(workdirs):
+    """policy.Rollouts and probe with the judge and no reward model, on one device: the policy is the reference, so
+    the KL is 0; a fixed seed gives the same probe; each example's true reward is the judge's probability of its
+    response's text, wherever that text sits in the judge's batch."""
+    from gptjax import workdirs as wd
+    from gptjax.errors import ConfigError
+    from gptjax.rl import run as rl_run
+    from gptjax.rl.judge import Judge
+
+    root = workdirs
+    c = configs.finalize(F.stage_config("ppo", root / "pre", root / "judge"))
+    _, model_cfg, tok = wd.load_config(str(root / "pre"))
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    scorers = rl_run._scorers(c, str(root / "pre"), model_cfg, mesh, tok)
+    assert scorers.reward_model is None and scorers.judge is not None
+    rollouts = policy.Rollouts(model_cfg, scorers, mesh, RULES, 8, 8, 1.0, tok.eos_id)
+    texts = ["ROMEO:", "O, she", "Now is", "JULIET:"]
+    tokens = np.zeros((4, 8), np.int32)
+    mask = np.zeros((4, 8), bool)
+    for i, t in enumerate(texts):  # left padded
+        ids = tok.encode(t)
+        tokens[i, 8 - len(ids):], mask[i, 8 - len(ids):] = ids, True
+    g = sharding.host_local_to_global({"t": tokens, "m": mask}, mesh)
+    values, rows = policy.probe(rollouts, scorers.ref_params, g["t"], g["m"], seed=0)
+    again, _ = policy.probe(rollouts, scorers.ref_params, g["t"], g["m"], seed=0)
+    assert values == again and set(values) == {"eval_kl", "eval_true_reward", "eval_response_length"}
+    assert values["eval_kl"] == pytest.approx(0.0, abs=1e-3) and 0.0 < values["eval_true_reward"] < 1.0
+    assert [r["prompt"] for r in rows] == texts[:3]
+    judged = scorers.judge([r["response"] for r in rows])
+    assert [r["true_reward"] for r in rows] == pytest.approx(judged, abs=1e-4)
+    alone = scorers.judge([rows[2]["response"]])[0]
+    assert alone == pytest.approx(judged[2], abs=1e-6) and len(set(np.round(judged, 6))) > 1
+    with pytest.raises(ConfigError, match="rl.judge_label: 'sonnets' is not one of"):
+        Judge(str(root / "judge"), "sonnets", mesh)
+    with pytest.raises(ConfigError, match="is not a text classifier"):
+        Judge(str(root / "pre"), "comedies", mesh)
+
+
+def test_report_tables_and_plots_the_probe_curves(tmp_path):
+    """rl.report on two runs' metrics.jsonl: one table row per run that has probes (start -> end, a resumed step's
+    last row wins), and the plot."""
+    from gptjax.rl import report
+
+    logs = {"ppo": [{"step": 0, "eval_true_reward": 0.2, "eval_reward": 0.0, "eval_kl": 0.0},
+                    {"step": 1, "train_loss": 3.0},
+                    {"step": 2, "eval_true_reward": 0.9, "eval_reward": 0.5, "eval_kl": 1.0},
+                    {"step": 2, "eval_true_reward": 0.4, "eval_reward": 0.3, "eval_kl": 2.5}],
+            "dpo": [{"step": 0, "eval_true_reward": 0.25, "eval_reward": 0.1, "eval_kl": 0.0},
+                    {"step": 4, "eval_true_reward": 0.5, "eval_reward": 0.2, "eval_kl": 0.75}],
+            "sft": [{"step": 3, "train_loss": 2.0}]}
+    for name, rows in logs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report.main([str(tmp_path / n) for n in logs] + [f"--out={tmp_path / 'report'}"])
+    md = (tmp_path / "report.md").read_text().splitlines()
+    assert md[2:] == ["| ppo | 2 | 0.200 → **0.400** | 0.000 → 0.300 | 2.50 |",
+                      "| dpo | 4 | 0.250 → **0.500** | 0.100 → 0.200 | 0.75 |"]
+    assert (tmp_path / "report.png").stat().st_size > 0
 
 
 # --- bad input: one line each ------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ def test_logprobs_match_the_full_forward(params):
         np.testing.assert_allclose(c.logprobs, expected, atol=1e-5)
 
 
+@pytest.mark.slow  # the fast tier checks left padding in test_prefill_and_steps_equal_full_forward_with_left_padding
 @pytest.mark.parametrize("options", [dict(temperature=0.0), dict(temperature=0.9, top_k=20, top_p=0.9, seed=4)])
 def test_left_padded_batch_equals_each_prompt_alone(params, options):
     batch = sampling.generate(CFG, params, PROMPTS, max_new_tokens=20, logprobs=True, **options)
@@ -79,6 +80,7 @@ def test_left_padded_batch_equals_each_prompt_alone(params, options):
         np.testing.assert_allclose(batch[r].logprobs, alone.logprobs, atol=1e-5)
 
 
+@pytest.mark.slow  # the fast tier checks the prefill, the steps and the log-probs against the full forward
 def test_greedy_is_the_argmax_of_the_full_forward(params):
     (c,) = sampling.generate(CFG, params, [PROMPTS[0]], max_new_tokens=15, temperature=0.0)
     ids = list(PROMPTS[0])
@@ -87,6 +89,7 @@ def test_greedy_is_the_argmax_of_the_full_forward(params):
     np.testing.assert_array_equal(c.tokens, ids[len(PROMPTS[0]):])
 
 
+@pytest.mark.slow  # beam search's fast check is the brute-force one
 def test_greedy_equals_beam_search_of_width_one(params):
     greedy = sampling.generate(CFG, params, PROMPTS, max_new_tokens=15, temperature=0.0, logprobs=True)
     seqs, lengths, scores, lps, _ = beam_search.search(decoding.inference_model(CFG), params, *decoding.left_pad(PROMPTS),
@@ -98,7 +101,8 @@ def test_greedy_equals_beam_search_of_width_one(params):
         assert float(scores[r, 0]) == pytest.approx(greedy[r].logprobs.sum() / beam_search.length_penalty(15, 0.6))
 
 
-@pytest.mark.parametrize("alpha", [0.6, 0.0, 2.0])
+@pytest.mark.parametrize("alpha", [0.6, pytest.param(0.0, marks=pytest.mark.slow),
+                                   pytest.param(2.0, marks=pytest.mark.slow)])
 def test_beam_search_finds_the_best_sequence_found_by_brute_force(alpha):
     V, N, eos = 5, 4, 0
     cfg = ModelConfig(vocab_size=V, num_layers=1, d_model=16, num_heads=2, max_len=16, init_std=1.0)
@@ -131,6 +135,7 @@ def test_beam_search_finds_the_best_sequence_found_by_brute_force(alpha):
         assert c.finish_reason == ("eos" if c.tokens[-1] == eos else "length")
 
 
+@pytest.mark.slow
 def test_beam_search_stops_early_when_no_beam_can_improve():
     # A model that likes its end token (final LayerNorm biased towards that token's embedding): the search stops
     # long before max_new_tokens and returns exactly what running to max_new_tokens returns.
@@ -181,6 +186,7 @@ def test_sampling_without_truncation_matches_the_softmax():
     assert (draws(LOGITS, 100, temperature=0.0) == 0).all()
 
 
+@pytest.mark.slow  # the fast tier checks top-k and top-p on the sampler's draws above
 def test_top_k_and_top_p_inside_generate(params):
     """Every generated token is in the top-k / nucleus of the distribution the model gave at that step."""
     out = sampling.generate(CFG, params, [PROMPTS[2]], num_samples=16, max_new_tokens=10, temperature=1.0, top_k=3,
@@ -223,6 +229,7 @@ def test_stop_strings_end_each_row_at_the_right_place_and_stream(params):
     assert out[0].finish_reason == "stop"
 
 
+@pytest.mark.slow
 def test_end_token_ends_a_row(params):
     options = dict(max_new_tokens=36, temperature=1.0, seed=3, logprobs=True)
     free = sampling.generate(CFG, params, PROMPTS, **options)
@@ -237,7 +244,7 @@ def test_end_token_ends_a_row(params):
     assert len(out[0].tokens) <= 8
 
 
-def test_prompt_errors_and_left_truncation(params):
+def test_prompt_errors(params):
     with pytest.raises(decoding.PromptError, match="prompt: 64 tokens leaves no room for a new token in the model's "
                                                    "context of 64"):
         sampling.generate(CFG, params, [[1] * 64], max_new_tokens=4)
@@ -249,12 +256,17 @@ def test_prompt_errors_and_left_truncation(params):
         sampling.generate(CFG, params, [[1]], top_p=0.0)
     with pytest.raises(decoding.PromptError, match="num_samples: beam search returns at most"):
         sampling.generate(CFG, params, [[1]], beam_size=2, num_samples=3)
+
+
+@pytest.mark.slow  # two generations with prompts that fill the context
+def test_left_truncation_keeps_the_end_of_the_prompt(params):
     long = list(np.random.default_rng(0).integers(0, CFG.vocab_size, 100))
     cut = sampling.generate(CFG, params, [long], max_new_tokens=8, temperature=0.0, truncate="left")[0]
     last = sampling.generate(CFG, params, [long[-63:]], max_new_tokens=8, temperature=0.0)[0]
     np.testing.assert_array_equal(cut.tokens, last.tokens)
 
 
+@pytest.mark.slow  # about 6 s: programs for a second context length; the CLI's sliding test is slow too
 def test_generation_slides_past_the_context():
     """Past the context the window slides, as nanoGPT's sampler crops its input: when the (left-padded) batch fills
     the context, every row keeps its last 3/4 of the context and goes on. Each greedy token is the argmax of the plain
@@ -286,8 +298,8 @@ def test_generation_slides_past_the_context():
     assert sampled[0].tokens[:19].tolist() != sampled[0].tokens[19:38].tolist()  # windows do not replay draws
 
 
-@pytest.mark.parametrize("shape", [pytest.param((2, 1, 4), marks=pytest.mark.slow),
-                                   pytest.param((1, 8, 1), marks=pytest.mark.slow), (4, 1, 2)])
+@pytest.mark.slow  # the fast sharded check is tests/test_evals_scoring.py::test_sharded_equals_one_device
+@pytest.mark.parametrize("shape", [(2, 1, 4), (1, 8, 1), (4, 1, 2)])
 def test_generation_on_a_sharded_model_matches_one_device(params, shape):
     cfg = dataclasses.replace(CFG, scan_layers=shape == (1, 8, 1))
     if cfg.scan_layers:

@@ -1,6 +1,7 @@
 """launch/sweep.py: what --dry_run prints for each launcher, the results tables and plot it writes from the runs'
 metrics.jsonl, SLURM entries submitted all at once before waiting, the GPT-1 vs GPT-2 ablation's arms, and (slow)
-a tiny real sweep of two runs whose tables are checked against the runs' own metrics."""
+a tiny real sweep of two runs whose tables are checked against the runs' own metrics. sweep.main runs in this
+process, except in the real sweep (slow), which runs launch/sweep.py as a child process."""
 
 import csv
 import importlib.util
@@ -11,6 +12,7 @@ import pathlib
 import shlex
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -46,15 +48,31 @@ def sweep_file(tmp_path):
     return str(path)
 
 
-def run_sweep(*args, env=None, check=True):
+def run_sweep_process(*args, env=None):
+    """`launch/sweep.py ARGS` as a child process (the real sweep end to end)."""
     r = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), *args], capture_output=True, text=True,
                        cwd=ROOT, env={**os.environ, **(env or {})})
-    if check:
-        assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     return r
 
 
-def test_dry_run_local_prints_one_command_per_entry(sweep_file, tmp_path):
+@pytest.fixture
+def run_sweep(capsys, monkeypatch):
+    """`launch/sweep.py ARGS` in this process (sweep.main): returncode, stdout and stderr, as a child process's."""
+
+    def run(*args, env=None, check=True):
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        status = sweep.main(list(args))
+        out = capsys.readouterr()
+        if check:
+            assert status == 0, out.out + out.err
+        return types.SimpleNamespace(returncode=status, stdout=out.out, stderr=out.err)
+
+    return run
+
+
+def test_dry_run_local_prints_one_command_per_entry(run_sweep, sweep_file, tmp_path):
     work = tmp_path / "sweep"
     out = run_sweep(f"--config={sweep_file}", f"--workdir={work}", "--dry_run", "--", "--config.train.steps=3").stdout
     cmds = [shlex.split(line) for line in out.splitlines() if not line.startswith("#")]
@@ -67,7 +85,7 @@ def test_dry_run_local_prints_one_command_per_entry(sweep_file, tmp_path):
     assert not work.exists()  # nothing ran
 
 
-def test_dry_run_slurm_one_job_per_entry(sweep_file, tmp_path):
+def test_dry_run_slurm_one_job_per_entry(run_sweep, sweep_file, tmp_path):
     out = run_sweep(f"--config={sweep_file}", f"--workdir={tmp_path}/s", "--launcher=slurm", "--nodes=2",
                     "--partition=gpu", "--job_name=abl", "--dry_run").stdout
     scripts = out.split("sbatch --parsable <<'EOF'\n")[1:]
@@ -80,7 +98,7 @@ def test_dry_run_slurm_one_job_per_entry(sweep_file, tmp_path):
     assert "squeue -h -o %i -j <job ids>" in out
 
 
-def test_dry_run_tpu_one_slice_per_entry(sweep_file):
+def test_dry_run_tpu_one_slice_per_entry(run_sweep, sweep_file):
     out = run_sweep(f"--config={sweep_file}", "--workdir=gs://bucket/abl", "--launcher=tpu", "--tpu=abl",
                     "--zone=us-west4-a", "--accelerator=v5e-16", "--spot", "--queued", "--repo=https://x/g.git",
                     "--dry_run").stdout
@@ -138,7 +156,7 @@ def test_results_tables_and_plot_from_metrics(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
-def test_slurm_sweep_submits_every_entry_before_waiting(sweep_file, tmp_path):
+def test_slurm_sweep_submits_every_entry_before_waiting(run_sweep, sweep_file, tmp_path):
     work = tmp_path / "s"
     for name in ("norm=pre", "norm=post,pos_embedding=sinusoidal"):  # what the jobs would leave behind
         write_metrics(work / name, [{"step": 6, "train_loss": 2.0, "tokens_per_sec": 9.0},
@@ -187,8 +205,9 @@ def test_ablation_has_one_arm_per_gpt2_change():
 @pytest.mark.slow
 def test_tiny_local_sweep_writes_its_results(sweep_file, tmp_path):
     work = tmp_path / "sweep"
-    r = run_sweep(f"--config={sweep_file}", f"--workdir={work}", "--", f"--config.data.data_dir={tmp_path}/tfds",
-                  env={"XLA_FLAGS": ""})  # one CPU device per run, as on a user's machine
+    r = run_sweep_process(f"--config={sweep_file}", f"--workdir={work}", "--",
+                          f"--config.data.data_dir={tmp_path}/tfds",
+                          env={"XLA_FLAGS": ""})  # one CPU device per run, as on a user's machine
     table = list(csv.DictReader(open(work / "results.csv")))
     names = ["norm=pre", "norm=post,pos_embedding=sinusoidal"]
     assert [t["run"] for t in table] == names
