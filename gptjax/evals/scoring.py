@@ -23,6 +23,7 @@ one input. The batch is split over the mesh's data axes; every process builds th
 request list and takes its rows.
 """
 
+import bisect
 import contextlib
 import dataclasses
 import functools
@@ -86,8 +87,6 @@ def _score_rows(model, params, tokens_BxT, segments_BxT, query_pos_BxQ, query_to
 def pack_rows(lengths: Sequence[int], row_len: int) -> list[list[int]]:
     """Best-fit decreasing: indices of `lengths` (each <= row_len) grouped into rows whose lengths sum to at most
     row_len, longest first, each into the fullest row it fits."""
-    import bisect
-
     rows: list[list[int]] = []
     free: list[tuple[int, int]] = []  # (free tokens, row index), sorted
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
