@@ -80,3 +80,16 @@ def test_the_hook_registers_gptjax_beside_lm_evals_own_models():
             "print('gptjax' in r, 'hf' in r, 'gptjax.evals.harness' in sys.modules, 'jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "True", "False", "False"], out
+
+
+def test_the_pth_line_is_silent_where_gptjax_cannot_be_imported(tmp_path):
+    """The .pth runs in every interpreter of the environment: where gptjax is not importable (a moved or deleted
+    checkout of an editable install) it must do nothing rather than print a traceback at each start."""
+    with open(os.path.join(ROOT, "gptjax-lm-eval.pth")) as f:
+        line = f.read().strip()
+    check = f"{line}\nimport sys; print('gptjax.evals.lm_eval_hook' in sys.modules)"
+    # -S: no site-packages, so no editable-install finder; the cwd decides whether gptjax is importable.
+    away = subprocess.run([sys.executable, "-S", "-c", check], cwd=tmp_path, capture_output=True, text=True)
+    assert (away.returncode, away.stdout.split(), away.stderr) == (0, ["False"], "")
+    here = subprocess.run([sys.executable, "-S", "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert here.stdout.split() == ["True"]
