@@ -128,10 +128,19 @@ def _config(f):
     return config
 
 
-def _train(f):
-    from gptjax import configs, train
+def _final_config(f):
+    """The --config file with its --config.* overrides, preset applied (keeping the overridden fields), checked."""
+    from ml_collections import config_flags
 
-    train.train_and_evaluate(configs.finalize(_config(f)), f.workdir)
+    from gptjax import configs
+
+    return configs.finalize(_config(f), overridden=config_flags.get_override_values(f["config"]))
+
+
+def _train(f):
+    from gptjax import train
+
+    train.train_and_evaluate(_final_config(f), f.workdir)
 
 
 def _sample(f):
@@ -175,11 +184,11 @@ def _inspect(f):
 
 
 def _plan(f):
-    from gptjax import configs, plan
+    from gptjax import plan
 
     if not f.topology:
         raise GptjaxError(f"--topology: required ({plan.TOPOLOGY_HELP})")
-    config = configs.finalize(_config(f))
+    config = _final_config(f)
     name = os.path.relpath(f["config"].config_filename) if f["config"].config_filename else ""
     plan.run(config, f.topology, f.num_slices, as_json=f.json, config_name=name)
 

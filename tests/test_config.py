@@ -69,6 +69,24 @@ def test_gpt2_124m_recipe():
     assert c.data.source.startswith("tfds:")
 
 
+def test_command_line_fields_win_over_the_preset():
+    """A config file sets `model.preset`, which is applied at finalize; a shape field given on the command line
+    (an ablation: GPT-3 XL at 2 layers) must keep its value, and the fields not given still come from the preset."""
+    from absl import flags
+
+    from gptjax import main
+
+    argv = ["gptjax plan", f"--config={ROOT}/experiments/pretrain/gpt3.py:size=gpt3-xl", "--config.model.num_layers=2",
+            "--config.model.max_len=4096"]
+    fv = flags.FlagValues()
+    main.define_config(fv, argv)
+    fv(argv)
+    m = main._final_config(fv).model
+    assert (m.num_layers, m.max_len, m.d_model, m.num_heads, m.vocab_size) == (2, 4096, 2048, 16, 50257)
+    assert configs.finalize(load(os.path.join(ROOT, "experiments/pretrain/gpt3.py")).get_config("size=gpt3-xl")
+                            ).model.num_layers == 24
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

@@ -97,11 +97,13 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
-def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Applies the model preset (if any) and checks the config; returns it locked."""
+def finalize(config: ml_collections.ConfigDict, overridden=()) -> ml_collections.ConfigDict:
+    """Applies the model preset (if any) and checks the config; returns it locked. `overridden`: the dotted keys
+    given on the command line (`model.num_heads`, ...), which the preset leaves as they are."""
     with config.unlocked():
         if config.model.preset:
-            presets.apply_preset(config.model, config.model.preset)
+            keep = {k.removeprefix("model.") for k in overridden if k.startswith("model.")}
+            presets.apply_preset(config.model, config.model.preset, keep)
             config.model.preset = ""
     validate(config)
     config.lock()

@@ -41,15 +41,13 @@ PAPER_PARAMS = {
 }
 
 
-def apply_preset(model_cfg, name: str) -> None:
-    """Sets the shape fields of `model_cfg` (a ConfigDict) from the preset `name`."""
+def apply_preset(model_cfg, name: str, keep=()) -> None:
+    """Sets the shape fields of `model_cfg` (a ConfigDict) from the preset `name`, except the fields in `keep`
+    (those given on the command line: `--config.model.num_layers=4` on a preset config means 4 layers)."""
     if name not in PRESETS:
         raise ConfigError(f"model.preset: {name!r} is not one of {', '.join(PRESETS)}")
     layers, d_model, heads, max_len, vocab, norm = PRESETS[name]
-    model_cfg.num_layers = layers
-    model_cfg.d_model = d_model
-    model_cfg.num_heads = heads
-    model_cfg.max_len = max_len
-    model_cfg.vocab_size = vocab
-    model_cfg.norm = norm
-    model_cfg.final_norm = norm == "pre"  # GPT-2 added the final LayerNorm; GPT-1 (post-LN) has none
+    # GPT-2 added the final LayerNorm; GPT-1 (post-LN) has none
+    shape = dict(num_layers=layers, d_model=d_model, num_heads=heads, max_len=max_len, vocab_size=vocab, norm=norm,
+                 final_norm=norm == "pre")
+    model_cfg.update({k: v for k, v in shape.items() if k not in keep})
