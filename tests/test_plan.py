@@ -113,7 +113,7 @@ def test_two_slices_split_the_data_axis(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("topology", [pytest.param("v5e:2x2", marks=(needs_libtpu, pytest.mark.heavy)), "cpu:8"])
+@pytest.mark.parametrize("topology", [pytest.param("v5e:2x2", marks=needs_libtpu), "cpu:8"])
 def test_gpt2_124m_params_per_chip_follow_fsdp(capsys, topology):
     chips = 4 if topology.startswith("v5e") else 8
     r = plan_json(capsys, f"--config={GPT2}", f"--topology={topology}", "--config.mesh.shape=(1,-1,1)",
@@ -124,7 +124,6 @@ def test_gpt2_124m_params_per_chip_follow_fsdp(capsys, topology):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 @needs_libtpu
 def test_gpt3_175b_plans_on_v5p_1024(capsys):
     r = plan_json(capsys, f"--config={GPT3}:size=gpt3-175b", "--topology=v5p-1024", "--config.train.grad_accum_steps=4")

@@ -1,0 +1,150 @@
+"""The measured-plans tables of docs/plan.md: `gptjax plan --json` for each row, one process per row, with its
+wall time (import, lowering and libtpu's compile) and the process's peak host memory.
+
+  python benchmarks/plan_table.py                         # the presets table, then the remat table
+  python benchmarks/plan_table.py --rows=175b,175b_noscan --out=plans.json
+  python benchmarks/plan_table.py --list
+
+Each row is a command a user can type (printed above the table). Compile time depends on the machine's load: run
+it with nothing else on the cores. Needs libtpu (`pip install -e ".[tpu]"`).
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+GPT2, GPT3 = "experiments/pretrain/gpt2_124m.py", "experiments/pretrain/gpt3.py"
+ACCUM4 = "--config.train.grad_accum_steps=4"
+
+# name -> (row label, `gptjax plan` arguments)
+ROWS = {
+    "124m_v4": ("GPT-2 124M, `gpt2_124m.py` (batch 480 x 1024)", [f"--config={GPT2}", "--topology=v4-32"]),
+    "124m_v5e": ("GPT-2 124M, batch 16 x 1024", [f"--config={GPT2}", "--topology=v5e:2x2",
+                                                 "--config.mesh.shape=(1,-1,1)", "--config.train.batch_size=16"]),
+    "xl": ("GPT-3 XL, `gpt3.py:size=gpt3-xl` (batch 512 x 2048)", [f"--config={GPT3}:size=gpt3-xl",
+                                                                   "--topology=v5e-64"]),
+    "6.7b": ("GPT-3 6.7B, `gpt3.py:size=gpt3-6.7b` (batch 1024 x 2048)", [f"--config={GPT3}:size=gpt3-6.7b",
+                                                                         "--topology=v5p-128"]),
+    "175b_oom": ("GPT-3 175B, `gpt3.py:size=gpt3-175b` (batch 1536 x 2048)", [f"--config={GPT3}:size=gpt3-175b",
+                                                                             "--topology=v5p-1024"]),
+    "175b": ("GPT-3 175B, `grad_accum_steps=4`", [f"--config={GPT3}:size=gpt3-175b", "--topology=v5p-1024", ACCUM4]),
+    "175b_noscan": ("GPT-3 175B, `grad_accum_steps=4`, `scan_layers=False`",
+                    [f"--config={GPT3}:size=gpt3-175b", "--topology=v5p-1024", ACCUM4,
+                     "--config.model.scan_layers=False"]),
+    "175b_maxtext": ("GPT-3 175B, batch 768 x 2048, FSDP 256 (MaxText's v6e-256 recipe)",
+                     [f"--config={GPT3}:size=gpt3-175b", "--topology=v6e-256", "--config.train.batch_size=768",
+                      "--config.mesh.shape=(1,256,1)"]),
+    "175b_v5e8": ("GPT-3 175B", [f"--config={GPT3}:size=gpt3-175b", "--topology=v5e-8"]),
+}
+REMATS = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_qkv_proj", "minimal")
+# The remat table: GPT-3 6.7B on v5p-128, one policy per row (the config's own is `full`).
+for _p in REMATS:
+    ROWS[f"remat_{_p}"] = (f"`remat={_p}`", [f"--config={GPT3}:size=gpt3-6.7b", "--topology=v5p-128",
+                                             f"--config.model.remat={_p}"])
+DEFAULT_ROWS = ["124m_v4", "124m_v5e", "xl", "6.7b", "175b_oom", "175b", "175b_noscan", "175b_maxtext", "175b_v5e8"]
+DEFAULT_ROWS += [f"remat_{p}" for p in REMATS]
+
+GiB = 1024**3
+
+
+def run_row(args: list[str], timeout: float) -> dict:
+    """Runs `gptjax plan --json ARGS` in a child process; returns its report (or its error line) with the wall
+    time and the child's peak resident memory."""
+    cmd = [sys.executable, "-m", "gptjax.main", "plan", "--json", *args]
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        t0 = time.time()
+        child = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True)
+        while True:  # os.wait4 reaps the child with its own resource usage (peak RSS), not all children's
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.time() - t0 > timeout:
+                child.kill()
+                child.wait()
+                return {"error": f"did not finish in {timeout:.0f} s", "wall_seconds": time.time() - t0}
+            time.sleep(0.2)
+        wall = time.time() - t0
+        returncode = os.waitstatus_to_exitcode(status)
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
+    report = {"wall_seconds": wall, "peak_rss_bytes": usage.ru_maxrss * 1024}  # ru_maxrss is in KiB on Linux
+    text = out.strip()
+    if text.startswith("{"):
+        report.update(json.loads(text[: text.rindex("}") + 1]))
+    errors = [ln for ln in err.splitlines() if ln.startswith("gptjax: error:")]
+    if errors:
+        report["error"] = errors[-1].removeprefix("gptjax: error: ")
+    elif returncode:
+        report["error"] = f"exit {returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}"
+    return report
+
+
+def mesh_text(r):
+    return ", ".join(str(v) for v in r["mesh"].values()) if "mesh" in r else ""
+
+
+def table_row(label: str, r: dict) -> str:
+    b = r.get("per_chip_bytes", {})
+    hbm = r.get("hbm_bytes_per_chip") or 0
+    state = (b["params"] + b["optimizer_state"] + b["gradients"]) / GiB if b else float("nan")
+    if "temporaries" in b:
+        total = f"{b['total'] / GiB:.2f} / {hbm / GiB:.0f} GiB ({100 * b['total'] / hbm:.0f}%)"
+    elif r.get("compile", "").startswith("out of memory"):
+        need = re.search(r"temporaries \(([\d.]+)G\)", r["compile"])
+        total = f"compiler: {need.group(1)} GiB of temporaries" if need else "compiler: out of HBM"
+    elif b:
+        total = f"state alone {b['total'] / GiB:.1f} GiB (not compiled)"
+    else:
+        total = r.get("error", "")
+    fits = {True: "yes", False: "no", None: ""}[r.get("fits")]
+    step = f"{r['step_seconds_estimate']:.3g} s" if r.get("fits") else ""
+    mfu = f"{100 * r['mfu_estimate']:.0f}%" if r.get("fits") else ""
+    topo = f"{r['topology']} ({r['num_chips']})" if "topology" in r else ""
+    rss = f"{r['peak_rss_bytes'] / GiB:.1f} GiB" if "peak_rss_bytes" in r else ""
+    return (f"| {label} | {topo} | {mesh_text(r)} | {state:.2f} GiB | {total} | {fits} | {step} | {mfu} | "
+            f"{r['wall_seconds']:.0f} s | {rss} |")
+
+
+HEADER = ("| config | topology (chips) | mesh (data, fsdp, tensor) | state per chip | total per chip / HBM | fits | "
+          "est. step time | est. MFU | plan wall time | peak host memory |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated row names (--list)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per row (the issue's 10-minute bound)")
+    p.add_argument("--out", default="", help="also write every report here as JSON")
+    p.add_argument("--list", action="store_true")
+    a = p.parse_args()
+    if a.list:
+        for name, (label, args) in ROWS.items():
+            print(f"{name:16s} {label}\n{'':16s} gptjax plan {shlex.join(args)}")
+        return
+    names = [n.strip() for n in a.rows.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        sys.exit(f"plan_table: unknown rows {unknown}; --list shows them")
+    results = {}
+    lines = [HEADER]
+    for name in names:
+        label, args = ROWS[name]
+        print(f"gptjax plan {shlex.join(args)}", flush=True)
+        r = run_row(args, a.timeout)
+        results[name] = r
+        lines.append(table_row(label, r))
+        print(lines[-1], flush=True)
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(results, f, indent=1)
+    print("\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
