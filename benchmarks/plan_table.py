@@ -40,6 +40,9 @@ ROWS = {
     "175b_maxtext": ("GPT-3 175B, batch 768 x 2048, FSDP 256 (MaxText's v6e-256 recipe)",
                      [f"--config={GPT3}:size=gpt3-175b", "--topology=v6e-256", "--config.train.batch_size=768",
                       "--config.mesh.shape=(1,256,1)"]),
+    "175b_maxtext_accum3": ("GPT-3 175B, batch 768 x 2048, FSDP 256, `grad_accum_steps=3`",
+                            [f"--config={GPT3}:size=gpt3-175b", "--topology=v6e-256", "--config.train.batch_size=768",
+                             "--config.mesh.shape=(1,256,1)", "--config.train.grad_accum_steps=3"]),
     "175b_v5e8": ("GPT-3 175B", [f"--config={GPT3}:size=gpt3-175b", "--topology=v5e-8"]),
 }
 REMATS = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_qkv_proj", "minimal")
@@ -47,7 +50,7 @@ REMATS = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "
 for _p in REMATS:
     ROWS[f"remat_{_p}"] = (f"`remat={_p}`", [f"--config={GPT3}:size=gpt3-6.7b", "--topology=v5p-128",
                                              f"--config.model.remat={_p}"])
-DEFAULT_ROWS = ["124m_v4", "124m_v5e", "xl", "6.7b", "175b_oom", "175b", "175b_noscan", "175b_maxtext", "175b_v5e8"]
+DEFAULT_ROWS = ["124m_v4", "124m_v5e", "xl", "6.7b", "175b_oom", "175b", "175b_noscan", "175b_maxtext", "175b_maxtext_accum3", "175b_v5e8"]
 DEFAULT_ROWS += [f"remat_{p}" for p in REMATS]
 
 GiB = 1024**3

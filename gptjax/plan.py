@@ -194,6 +194,14 @@ def _prepare(config):
     return config
 
 
+def _next_grad_accum(config, mesh) -> int | None:
+    """The smallest grad_accum_steps above the config's whose micro-batches still divide over the data-parallel
+    shards (768 sequences on 256 chips: 3, not 2); None when the micro-batch is already one sequence per shard."""
+    batch, dp = config.train.batch_size, sharding.data_parallel_size(mesh)
+    return next((k for k in range(config.train.grad_accum_steps + 1, batch // dp + 1)
+                 if batch % k == 0 and (batch // k) % dp == 0), None)
+
+
 def _suggestions(config, mesh, state_bytes: int, hbm: int) -> list[str]:
     m, shape = config.model, dict(mesh.shape)
     out = []
@@ -206,7 +214,9 @@ def _suggestions(config, mesh, state_bytes: int, hbm: int) -> list[str]:
     else:
         if m.remat not in ("full",):
             out.append(f"model.remat=full (now {m.remat})")
-        out.append(f"train.grad_accum_steps={2 * config.train.grad_accum_steps}")
+        accum = _next_grad_accum(config, mesh)
+        if accum:
+            out.append(f"train.grad_accum_steps={accum}")
         if not m.scan_layers:
             out.append("model.scan_layers=True")
     return out
@@ -260,6 +270,8 @@ def build_plan(config, topology: str, num_slices: int = 1, compile_: bool = True
             "biggest_buffers": biggest,
             "model_flops_per_step": model_flops, "flops_per_step_with_recompute_estimate": hw_flops,
             "peak_flops_per_chip": peak,
+            # libtpu's compiler flags change the program and its memory; a plan holds for a run with the same ones
+            "libtpu_init_args": os.environ.get("LIBTPU_INIT_ARGS", "") if target.platform == "tpu" else "",
         }
         state_bytes = params_bytes + opt_bytes + grads_bytes
         compiled = None
@@ -348,6 +360,8 @@ def format_report(r: dict, config_name: str = "") -> str:
     if "compiler_flops_per_chip" in r:
         lines.append(f"  compiler's own FLOPs per chip: {r['compiler_flops_per_chip']:.3e} (cost_analysis; it does "
                      "not count inside custom kernels)")
+    if r.get("libtpu_init_args"):
+        lines.append(f"  libtpu flags (LIBTPU_INIT_ARGS): {r['libtpu_init_args']}")
     lines.append(f"  compile: {r.get('compile', '')} in {r['compile_seconds']:.1f} s")
     return "\n".join(lines)
 

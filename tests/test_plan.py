@@ -149,3 +149,40 @@ def test_every_preset_state_fits_a_realistic_topology():
         assert r["fits"] is None and r["per_chip_bytes"]["total"] < 0.5 * r["hbm_bytes_per_chip"], preset
 
 
+
+
+def test_suggested_grad_accum_steps_divide_over_the_shards():
+    """The not-fit line suggests a grad_accum_steps the run can use: 768 sequences on 256 data shards cannot take 2
+    micro-batches (384 do not divide over 256), so the suggestion is 3; none once each shard has one sequence."""
+    import types
+
+    import ml_collections
+
+    def nxt(batch, accum, fsdp, data=1):
+        c = ml_collections.ConfigDict({"train": {"batch_size": batch, "grad_accum_steps": accum}})
+        return plan._next_grad_accum(c, types.SimpleNamespace(shape={"data": data, "fsdp": fsdp, "tensor": 8}))
+
+    assert nxt(768, 1, 256) == 3 and nxt(1536, 1, 64) == 2 and nxt(1536, 4, 64) == 6 and nxt(256, 1, 256) is None
+    assert nxt(96, 1, 4, data=2) == 2 and nxt(96, 2, 4, data=2) == 3
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_libtpu_flags_reach_the_compile_and_the_report(tmp_path):
+    """LIBTPU_INIT_ARGS (the compiler flags a pod launch sets) apply to the planned program and are named in the
+    report; a flag libtpu does not know stops the plan (libtpu reads the variable when it loads)."""
+    import subprocess
+    import sys
+
+    def plan_with(flags):
+        env = dict(os.environ, LIBTPU_INIT_ARGS=flags)
+        return subprocess.run([sys.executable, "-m", "gptjax.main", "plan", "--json", "--topology=v5e:2x2",
+                               "--config.mesh.shape=(1,4,1)", *SMALL, "--config.model.dtype=bfloat16"],
+                              env=env, capture_output=True, text=True, cwd=tmp_path)
+
+    ok = plan_with("--xla_tpu_scoped_vmem_limit_kib=98304")
+    assert ok.returncode == 0, ok.stderr
+    r = json.loads(ok.stdout)
+    assert r["libtpu_init_args"] == "--xla_tpu_scoped_vmem_limit_kib=98304" and r["compile"] == "ok"
+    bad = plan_with("--xla_no_such_flag_anywhere=1")
+    assert bad.returncode != 0 and "xla_no_such_flag_anywhere" in bad.stderr
