@@ -228,7 +228,7 @@ def _suggestions(config, mesh, state_bytes: int, hbm: int) -> list[str]:
             out.append(f"train.grad_accum_steps={accum}")
         if not m.scan_layers:
             out.append("model.scan_layers=True")
-    return out
+    return out or ["a topology with more chips or more HBM per chip (each data shard already has one sequence)"]
 
 
 def build_plan(config, topology: str, num_slices: int = 1, compile_: bool = True) -> dict:
