@@ -50,10 +50,11 @@ REMATS = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "
 for _p in REMATS:
     ROWS[f"remat_{_p}"] = (f"`remat={_p}`", [f"--config={GPT3}:size=gpt3-6.7b", "--topology=v5p-128",
                                              f"--config.model.remat={_p}"])
-DEFAULT_ROWS = ["124m_v4", "124m_v5e", "xl", "6.7b", "175b_oom", "175b", "175b_noscan", "175b_maxtext", "175b_maxtext_accum3", "175b_v5e8"]
-DEFAULT_ROWS += [f"remat_{p}" for p in REMATS]
+DEFAULT_ROWS = ["124m_v4", "124m_v5e", "xl", "6.7b", "175b_oom", "175b", "175b_noscan", "175b_maxtext",
+                "175b_maxtext_accum3", "175b_v5e8", *(f"remat_{p}" for p in REMATS)]
 
 GiB = 1024**3
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the rows' config paths are relative to it
 
 
 def run_row(args: list[str], timeout: float) -> dict:
@@ -62,7 +63,7 @@ def run_row(args: list[str], timeout: float) -> dict:
     cmd = [sys.executable, "-m", "gptjax.main", "plan", "--json", *args]
     with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
         t0 = time.time()
-        child = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True)
+        child = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True, cwd=ROOT)
         while True:  # os.wait4 reaps the child with its own resource usage (peak RSS), not all children's
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
             if pid:
@@ -96,7 +97,7 @@ def mesh_text(r):
 def table_row(label: str, r: dict) -> str:
     b = r.get("per_chip_bytes", {})
     hbm = r.get("hbm_bytes_per_chip") or 0
-    state = (b["params"] + b["optimizer_state"] + b["gradients"]) / GiB if b else float("nan")
+    state = f"{(b['params'] + b['optimizer_state'] + b['gradients']) / GiB:.2f} GiB" if b else ""
     if "temporaries" in b:
         total = f"{b['total'] / GiB:.2f} / {hbm / GiB:.0f} GiB ({100 * b['total'] / hbm:.0f}%)"
     elif r.get("compile", "").startswith("out of memory"):
@@ -111,7 +112,7 @@ def table_row(label: str, r: dict) -> str:
     mfu = f"{100 * r['mfu_estimate']:.0f}%" if r.get("fits") else ""
     topo = f"{r['topology']} ({r['num_chips']})" if "topology" in r else ""
     rss = f"{r['peak_rss_bytes'] / GiB:.1f} GiB" if "peak_rss_bytes" in r else ""
-    return (f"| {label} | {topo} | {mesh_text(r)} | {state:.2f} GiB | {total} | {fits} | {step} | {mfu} | "
+    return (f"| {label} | {topo} | {mesh_text(r)} | {state} | {total} | {fits} | {step} | {mfu} | "
             f"{r['wall_seconds']:.0f} s | {rss} |")
 
 
