@@ -11,19 +11,23 @@ Sources (`data.source`):
                     (`tfds:shakespeare`).
 
 Hosts read only their own data. The train split is cut into S shards (`data.shards` if the config has it, else
-lcm(8, process count)): record i (a TFDS example, a play, an episode; for `text`, part i of the train text cut at
-line starts) belongs to shard i mod S, and process p of P reads and tokenizes only the shards
-[p * S / P, (p + 1) * S / P), so with S = P record i goes to process i mod P. The validation split is read whole
-by every process. Each shard is tokenized once into one token stream, every document followed by the tokenizer's
-eos (if it has one), and cached as .npy under `<workdir>/data/`, keyed by source, tokenizer and shard. Process 0
-builds the tokenizer (a sentencepiece model learns on the first lines of the train split, not all of it) and
-saves it in the workdir; the other processes wait for it and load it.
+lcm(8, process count)): a source read whole (the plays, the synthetic episodes, text files) is cut into S parts of
+near-equal length at line starts, part j being shard j; a TFDS dataset deals its examples round-robin (example i
+to shard i mod S). Process p of P reads and tokenizes only the shards [p * S / P, (p + 1) * S / P). The validation
+split is read whole by every process. Each shard is tokenized once into one token stream, every document followed
+by the tokenizer's eos (if it has one), and cached as .npy under `<workdir>/data/`, keyed by source, tokenizer and
+shard. Process 0 builds the tokenizer (a sentencepiece model learns on the first lines of the train split, not all
+of it) and saves it in the workdir; the other processes wait for it and load it.
 
-Batches are a pure function of (seed, step) and S, never of the process count: row r of the global batch of B
-rows draws from one of the shards [r * S // B, (r + 1) * S // B) (taken in turn, step by step), at a uniform
-offset from `np.random.default_rng([seed, step])`; process p builds rows [p * B / P, (p + 1) * B / P), which draw
-only from its own shards. So a resumed run sees the same batches, and 1, 2, 4 or 8 processes build the same global
-batch. Evaluation walks the validation stream in consecutive windows, the same ones every call.
+Batches are a pure function of (seed, step) and S, never of the process count. The B rows of the global batch and
+the S shards are dealt into G = gcd(B, S) groups (rows [k * B / G, (k + 1) * B / G) with shards
+[k * S / G, (k + 1) * S / G)); a row is a window whose start is uniform over the joined tokens of its group's
+shards, from `np.random.default_rng([seed, step])`. Every process count P that splits both B and S divides G, so
+process p's rows draw only from its own shards. Within a group every window start is equally likely, so the
+sampled tokens are uniform over the train split as far as the groups hold equal shares of it (one group when
+gcd(B, S) = 1; tests/test_data.py measures the sampled distribution). A resumed run sees the same batches, and 1, 2,
+4 or 8 processes build the same global batch. Evaluation walks the validation stream in consecutive windows, the
+same ones every call.
 """
 
 import contextlib
@@ -54,6 +58,7 @@ __all__ = ["DataError", "Pipeline", "make_pipeline", "shakespeare_plays"]
 SPLITS = ("train", "validation")
 DEFAULT_SHARDS = 8  # train shards when data.shards is unset (lcm with the process count)
 DEFAULT_DATA_DIR = "~/.cache/gptjax/tfds"
+SHARD_LAYOUT = 2  # of the train shards (2: sources read whole are cut by length): keys the token cache
 
 
 def shakespeare_plays() -> dict[str, str]:
@@ -63,8 +68,11 @@ def shakespeare_plays() -> dict[str, str]:
 
 class _Source:
     """A corpus: a fingerprint that changes when its documents would, the validation documents, and the train split
-    as records read shard by shard (record i in shard i mod S, each record a list of (text, ends a document)).
-    This base class reads its documents once, whole (the embedded plays, generated episodes): one per record."""
+    as records read shard by shard (each record a list of (text, ends a document)). This base class reads its
+    documents once, whole (the embedded plays, generated episodes, text files): their joined train text is cut
+    into S parts of near-equal length, each at a line start where one is near, and part j is shard j's one record.
+    So every shard holds about 1/S of the text whatever the number or sizes of the documents (one long document
+    of episodes, 34 plays of different lengths)."""
 
     def __init__(self, fingerprint: str, read: Callable[[], dict[str, list[str]]] | None = None):
         self.fingerprint = fingerprint
@@ -77,8 +85,27 @@ class _Source:
     def validation(self) -> list[str]:
         return self.docs["validation"]
 
+    @functools.lru_cache(maxsize=4)
+    def _cuts(self, shards: int) -> list[int]:
+        """Where the S parts of the joined train text start, and its length: part k starts at the first line start
+        at or after k/S of the text, or at k/S itself when no line starts before the next part's k+1/S."""
+        joined = "".join(self.docs["train"])
+        n, cuts = len(joined), [0]
+        for k in range(1, shards):
+            target = max(k * n // shards, cuts[-1])
+            newline = joined.find("\n", target, max((k + 1) * n // shards, target))
+            cuts.append(newline + 1 if newline >= 0 else target)
+        return cuts + [n]
+
     def train_shard(self, shard: int, shards: int) -> list[list[tuple[str, bool]]]:
-        return [[(doc, True)] for doc in self.docs["train"][shard::shards]]
+        docs, cuts = self.docs["train"], self._cuts(shards)
+        lo, hi, pos, fragments = cuts[shard], cuts[shard + 1], 0, []
+        for doc in docs:
+            a, b = max(lo, pos), min(hi, pos + len(doc))
+            if a < b:
+                fragments.append((doc[a - pos:b - pos], b == pos + len(doc)))
+            pos += len(doc)
+        return [fragments]
 
     def train_texts(self) -> Iterator[str]:
         """The train documents in order, read lazily: what a tokenizer learns from (it stops early)."""
@@ -134,31 +161,8 @@ def _read_text(paths: list[str], spec: str, val_fraction: float) -> dict[str, li
 
 
 class _TextSource(_Source):
-    """Local or remote text files. The train text is cut into S parts at line starts; part j is record j (so shard
-    j). Every process reads the files (nanoGPT's split needs the whole text's character count) but tokenizes
-    only its own parts."""
-
-    def _cuts(self, shards: int) -> list[int]:
-        """Where the S parts of the joined train text start (each at a line start), and its length."""
-        if getattr(self, "_cut_cache", (None,))[0] == shards:
-            return self._cut_cache[1]
-        joined = "".join(self.docs["train"])
-        cuts = [0]
-        for k in range(1, shards):
-            newline = joined.find("\n", max(k * len(joined) // shards, cuts[-1]))
-            cuts.append(len(joined) if newline < 0 else newline + 1)
-        self._cut_cache = (shards, cuts + [len(joined)])
-        return self._cut_cache[1]
-
-    def train_shard(self, shard: int, shards: int) -> list[list[tuple[str, bool]]]:
-        docs, cuts = self.docs["train"], self._cuts(shards)
-        lo, hi, pos, fragments = cuts[shard], cuts[shard + 1], 0, []
-        for doc in docs:
-            a, b = max(lo, pos), min(hi, pos + len(doc))
-            if a < b:
-                fragments.append((doc[a - pos:b - pos], b == pos + len(doc)))
-            pos += len(doc)
-        return [fragments]
+    """Local or remote text files. Every process reads the files (nanoGPT's split needs the whole text's character
+    count) but tokenizes only its own parts of the train text."""
 
 
 @contextlib.contextmanager
@@ -401,30 +405,63 @@ class Pipeline:
                        for k, (e, n) in enumerate(zip(ends, self.record_lengths[j]))]
         return np.concatenate([np.asarray(t) for _, t in sorted(pieces, key=lambda x: x[0])] or [np.zeros(0)])
 
-    def row_shards(self, step: int) -> np.ndarray:
-        """The shard each row of the global batch of `step` is drawn from. Row r owns the shards
-        [r * S // B, (r + 1) * S // B) (at least the first) and takes them in turn, step by step; so the rows of
-        process p, [p * B / P, (p + 1) * B / P), draw only from p's shards, whatever P is."""
-        r = np.arange(self.batch_size)
-        lo = r * self.num_shards // self.batch_size
-        hi = np.maximum((r + 1) * self.num_shards // self.batch_size, lo + 1)
-        return lo + step % (hi - lo)
+    @property
+    def num_groups(self) -> int:
+        """G = gcd(B, S): the rows and the shards are dealt into G groups, group k holding the rows
+        [k * B / G, (k + 1) * B / G) and the shards [k * S / G, (k + 1) * S / G). Every process count P the run
+        allows divides both B and S, so it divides G, and process p's rows and shards are whole groups."""
+        return math.gcd(self.batch_size, self.num_shards)
+
+    def row_groups(self) -> np.ndarray:
+        """The group of each row of the global batch."""
+        return np.arange(self.batch_size) * self.num_groups // self.batch_size
+
+    def group_shards(self, group: int) -> range:
+        return range(group * self.num_shards // self.num_groups, (group + 1) * self.num_shards // self.num_groups)
+
+    @functools.cached_property
+    def _groups(self) -> dict[int, tuple[list, np.ndarray]]:
+        """Group -> (its shards' token streams in order, their cumulative lengths), for this process's groups."""
+        out = {}
+        for k in range(self.num_groups):
+            if all(j in self.train_shards for j in self.group_shards(k)):
+                streams = [self.train_shards[j] for j in self.group_shards(k)]
+                out[k] = (streams, np.cumsum([len(t) for t in streams]))
+        return out
+
+    def _window(self, group: int, start: int) -> np.ndarray:
+        """seq_len + 1 tokens from `start` in the joined token streams of `group`'s shards (a window may run
+        from the end of one shard into the next: the shards of a group are consecutive parts of the corpus)."""
+        streams, ends = self._groups[group]
+        j = int(np.searchsorted(ends, start, side="right"))
+        offset, need, parts = start - (int(ends[j - 1]) if j else 0), self.seq_len + 1, []
+        while need:
+            piece = streams[j][offset:offset + need]
+            parts.append(piece)
+            need -= len(piece)
+            j, offset = j + 1, 0
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def train_batch(self, step: int) -> np.ndarray:
+        """This process's rows of the global batch of `step`: a pure function of (seed, step, S). Row r of group k
+        starts at u_r * (n_k - seq_len) in the joined tokens of the group's shards (n_k of them), u_r uniform from
+        np.random.default_rng([seed, step]): every window start of the group is equally likely, so within a group
+        the sampled tokens are uniform, and with groups of equal size, over the whole train split (the shards of
+        a source read whole are cut to near-equal length; TFDS examples are dealt round-robin)."""
+        out = np.empty((self.local_batch, self.seq_len + 1), np.int32)
+        for i, (k, start) in enumerate(self.window_starts(step)):
+            out[i] = self._window(k, start)
+        return out
+
+    def window_starts(self, step: int) -> list[tuple[int, int]]:
+        """(group, start in the group's joined tokens) of each of this process's rows of `step`."""
+        u = np.random.default_rng([self.seed % 2**32, step]).random(self.batch_size)
+        rows = np.arange(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
+        return [(int(k), int(u[r] * (int(self._groups[int(k)][1][-1]) - self.seq_len)))
+                for r, k in zip(rows, self.row_groups()[rows])]
 
     def _windows(self, tokens: np.ndarray, starts: np.ndarray) -> np.ndarray:
         return np.asarray(tokens[starts[:, None] + np.arange(self.seq_len + 1)], dtype=np.int32)
-
-    def train_batch(self, step: int) -> np.ndarray:
-        """This process's rows of the global batch of `step`: a pure function of (seed, step). Row r is a window
-        at a uniform offset u_r (from np.random.default_rng([seed, step])) into its shard's token stream."""
-        rng = np.random.default_rng([self.seed % 2**32, step])
-        u = rng.random(self.batch_size)
-        rows = np.arange(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
-        out = np.empty((len(rows), self.seq_len + 1), np.int32)
-        for i, (r, j) in enumerate(zip(rows, self.row_shards(step)[rows])):
-            tokens = self.train_shards[int(j)]
-            start = int(u[r] * (len(tokens) - self.seq_len))
-            out[i] = tokens[start:start + self.seq_len + 1]
-        return out
 
     def eval_batches(self, num_batches: int) -> Iterator[np.ndarray]:
         """Consecutive validation windows (stride seq_len, so each token is a target once), wrapping around when
@@ -439,7 +476,7 @@ class Pipeline:
         """What fixes the data position, for checkpoints: batches depend on nothing else."""
         return {"step": int(step), "seed": self.seed, "source": self.source, "tokenizer": self.tokenizer.kind,
                 "shards": self.num_shards, "batch_size": self.batch_size, "seq_len": self.seq_len,
-                "order": "random-offsets into row shards: np.random.default_rng([seed, step])"}
+                "order": "uniform window starts in gcd(B, S) row groups: np.random.default_rng([seed, step])"}
 
 
 def _wait_for_all(name: str, process_count: int) -> None:
@@ -477,7 +514,8 @@ def make_pipeline(config, workdir: str, process_index: int | None = None,
     if pi != 0:
         tok = load_tokenizer(workdir)
     cache = files.path(workdir) / "data"
-    key = hashlib.sha256(json.dumps([source.fingerprint, tok.fingerprint]).encode()).hexdigest()[:16]
+    key = json.dumps([source.fingerprint, tok.fingerprint, SHARD_LAYOUT])
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
     val, _, val_stats = _tokens(lambda: [[(doc, True)] for doc in source.validation()], f"validation-{key}", tok,
                                 cache)
     held = range(pi * shards // pc, (pi + 1) * shards // pc)
@@ -491,11 +529,15 @@ def make_pipeline(config, workdir: str, process_index: int | None = None,
             raise DataError(f"data.seq_len: the {split} split of {d.source} has {n} tokens"
                             f"{' here' if split == 'train' and pc > 1 else ''}, fewer than seq_len + 1 = "
                             f"{d.seq_len + 1}")
-    for j, tokens in train.items():
-        if len(tokens) < d.seq_len + 1:
-            raise DataError(f"data.seq_len: shard {j} of the {shards} train shards of {d.source} has {len(tokens)} "
-                            f"tokens, fewer than seq_len + 1 = {d.seq_len + 1}; this corpus is too small to split "
-                            f"{shards} ways at this seq_len")
+    groups = math.gcd(batch, shards)
+    for k in range(pi * groups // pc, (pi + 1) * groups // pc):
+        group = range(k * shards // groups, (k + 1) * shards // groups)
+        n = sum(len(train[j]) for j in group)
+        if n < d.seq_len + 1:
+            where = f"shards {group[0]}..{group[-1]} of the {shards} train shards"
+            raise DataError(f"data.seq_len: {where} of {d.source} hold {n} tokens, fewer than seq_len + 1 = "
+                            f"{d.seq_len + 1}; this corpus is too small for {groups} groups of rows (the gcd of "
+                            f"train.batch_size {batch} and the {shards} data.shards) at this seq_len")
     return Pipeline(tok, train, val, val_stats["utf8_bytes"] / len(val), seq_len=d.seq_len, seed=config.seed,
                     batch_size=batch, eval_batch_size=eval_batch, process_index=pi, process_count=pc,
                     source=d.source, num_shards=shards, record_lengths=lengths)

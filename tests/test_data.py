@@ -319,20 +319,102 @@ def test_text_hosts_tokenize_only_their_parts(tmp_path, corpus_file):
 
 @pytest.mark.parametrize("batch", [1, 2, 4, 6, 8, 12, 16, 24])
 def test_rows_draw_from_their_process_shards_for_any_process_count(batch):
-    """Row r of the global batch draws from a shard of [r*S//B, (r+1)*S//B): the rows of process p (a contiguous
-    block) only from p's shards, for every process count P dividing both B and S; over a few steps every shard."""
+    """Rows and shards are dealt into gcd(B, S) groups: the rows of process p (a contiguous block) belong to groups
+    whose shards are all p's, for every process count P dividing both B and S; every shard is in a group."""
     for processes in (1, 2, 4, 8):
         if batch % processes:
             continue
         pipe = data.Pipeline(None, {}, np.zeros(0), 1.0, seq_len=4, seed=0, batch_size=batch, eval_batch_size=batch,
                              process_count=processes, num_shards=8)
-        local = batch // processes
-        for step in range(8):
-            row_shards = pipe.row_shards(step)
-            for p in range(processes):
-                assert all(p * 8 // processes <= j < (p + 1) * 8 // processes
-                           for j in row_shards[p * local:(p + 1) * local]), (processes, step)
-        assert set(np.concatenate([pipe.row_shards(s) for s in range(8)])) == set(range(8))
+        local, groups = batch // processes, pipe.row_groups()
+        for p in range(processes):
+            for k in groups[p * local:(p + 1) * local]:
+                assert all(p * 8 // processes <= j < (p + 1) * 8 // processes for j in pipe.group_shards(k))
+        assert sorted(j for k in range(pipe.num_groups) for j in pipe.group_shards(k)) == list(range(8))
+        assert np.bincount(groups).tolist() == [batch // pipe.num_groups] * pipe.num_groups
+
+
+def _start_histogram(pipes, steps, bins):
+    """How often each of `bins` equal stretches of the train split (token coordinates, shards in order) holds the
+    start of a row's window over `steps` steps, gathered from every process's pipeline."""
+    counts = np.zeros(bins)
+    first = pipes[0]
+    lengths = {j: len(t) for p in pipes for j, t in p.train_shards.items()}
+    total = sum(lengths.values())
+    shard_start = np.concatenate([[0], np.cumsum([lengths[j] for j in range(first.num_shards)])])
+    for p in pipes:
+        for step in range(steps):
+            for k, start in p.window_starts(step):
+                pos = shard_start[p.group_shards(k)[0]] + start
+                counts[min(int(pos * bins // total), bins - 1)] += 1
+    return counts
+
+
+def _chi_square_p(counts, expected):
+    from scipy import stats
+
+    return stats.chisquare(counts, expected * counts.sum() / expected.sum()).pvalue
+
+
+@pytest.mark.parametrize("batch,shards,processes", [(12, 8, 1), (12, 8, 4), (16, 8, 2), (5, 8, 1), (6, 3, 3),
+                                                    (12, 1, 1), (24, 16, 8)])
+def test_sampled_tokens_are_uniform_over_the_train_split(tmp_path, corpus_file, batch, shards, processes):
+    """The window starts of many steps, over every process, fall uniformly on the train tokens (chi-square over 20
+    equal stretches; a window cannot start in the last seq_len tokens of its group, a small known deficit that the
+    expected counts include). nanoGPT's baby run is (12, 8, 1): row r used to draw from shards
+    [r * S // B, (r + 1) * S // B), which sampled half of the corpus twice as often as the other half."""
+    cfg = text_config(corpus_file, shards=shards)
+    cfg.train.batch_size = cfg.eval.batch_size = batch
+    single = data.make_pipeline(cfg, str(tmp_path), 0, 1)
+    pipes = [single] if processes == 1 else [data.make_pipeline(cfg, str(tmp_path), p, processes)
+                                             for p in range(processes)]
+    bins, steps = 20, 6000 // batch
+    counts = _start_histogram(pipes, steps, bins)
+    total = len(single.train_tokens)
+    # expected: uniform over the starts each group allows (its tokens less the last seq_len), in bins
+    expected = np.zeros(bins)
+    offset = 0
+    for k in range(single.num_groups):
+        n = sum(len(single.train_shards[j]) for j in single.group_shards(k))
+        allowed = np.arange(offset, offset + n - cfg.data.seq_len)
+        expected += np.bincount(np.minimum(allowed * bins // total, bins - 1), minlength=bins) / len(allowed)
+        offset += n
+    assert counts.sum() == steps * batch
+    assert _chi_square_p(counts, expected) > 1e-3, counts
+    # the groups hold equal shares of the text, so that is uniform over the whole train split too
+    assert _chi_square_p(counts, np.ones(bins)) > 1e-3, counts
+    if (batch, shards) == (12, 8):  # the old row -> shard rule is caught by the same statistic
+        old = np.repeat(np.bincount(np.arange(batch) * shards // batch, minlength=shards), bins // shards + 1)[:bins]
+        assert _chi_square_p(np.round(old * counts.sum() / old.sum()), np.ones(bins)) < 1e-6
+
+
+@pytest.mark.parametrize("source", ["synthetic:icl", "synthetic:icl_control"])
+@pytest.mark.parametrize("processes", [1, 2, 8])
+def test_single_document_sources_split_over_any_process_count(tmp_path, source, processes):
+    """A source of one long document (the ICL episodes) is cut into S parts of near-equal length at line starts,
+    so it trains on 1, 2 or 8 processes' worth of shards: every shard holds about 1/S of it, whole episodes."""
+    cfg = make_config(source=source, tokenizer="char")
+    cfg.train.batch_size = cfg.eval.batch_size = 32
+    pipe0 = data.make_pipeline(cfg, str(tmp_path), 0, processes)
+    pipes = [pipe0] + [data.make_pipeline(cfg, str(tmp_path), p, processes) for p in range(1, processes)]
+    sizes = [len(t) for p in pipes for t in p.train_shards.values()]
+    assert len(sizes) == pipe0.num_shards == (8 if processes <= 8 else processes)
+    assert all(abs(n - np.mean(sizes)) <= 60 for n in sizes)  # 1/S of the text, to within an episode (60 chars)
+    texts = [pipe0.tokenizer.decode(p.train_shards[j]) for p in pipes for j in sorted(p.train_shards)]
+    assert all(t.endswith("\n") for t in texts) and all(len(line.split()) == 20 for t in texts for line in
+                                                        t.splitlines())
+    batch = np.concatenate([p.train_batch(3) for p in pipes])
+    assert batch.shape == (32, 65)
+
+
+def test_text_of_one_line_is_cut_anywhere(tmp_path):
+    """A text with no line breaks is cut at equal character counts rather than leaving shards empty."""
+    path = tmp_path / "one_line.txt"
+    path.write_text("abcdefghij" * 1000, encoding="utf-8")
+    cfg = text_config(str(path))
+    pipe = data.make_pipeline(cfg, str(tmp_path / "w"), 0, 1)
+    assert [len(t) for t in pipe.train_shards.values()] == [1125] * 8
+    assert pipe.tokenizer.decode(pipe.train_tokens) == ("abcdefghij" * 1000)[:9000]
 
 
 def test_sentencepiece_is_trained_once_by_process_0_on_a_bounded_sample(tmp_path, tfds_dir, monkeypatch):

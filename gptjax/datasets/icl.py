@@ -12,6 +12,8 @@ afresh, so nothing earlier in the sequence tells the next label.
 seen in training).
 """
 
+import functools
+
 import numpy as np
 
 ITEMS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -41,8 +43,10 @@ def episode(rng: np.random.Generator, control: bool) -> str:
     return " ".join(pairs) + "\n"
 
 
+@functools.lru_cache(maxsize=2)
 def documents(source: str) -> dict[str, list[str]]:
-    """Split -> one document of concatenated episodes, for `data.source` = synthetic:icl | synthetic:icl_control."""
+    """Split -> one document of concatenated episodes, for `data.source` = synthetic:icl | synthetic:icl_control
+    (generated once per process: the same every time; callers must not change it)."""
     if source not in SOURCES:
         raise ValueError(f"{source!r} is not one of {', '.join(SOURCES)}")
     control = source.endswith("_control")
