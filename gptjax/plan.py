@@ -13,7 +13,6 @@ a one-line error and `--topology=cpu:N` still plans on N virtual CPU devices.
 """
 
 import dataclasses
-import glob
 import importlib.util
 import json
 import math
@@ -24,14 +23,7 @@ import time
 # libtpu takes a machine-wide lockfile for the one process that may drive local TPUs. Compiling for a topology
 # drives none, and another jax process on this host (which loads libtpu too once it is installed) may hold it.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-# When it loads, libtpu asks the cloud metadata server about this host's TPUs; on a machine with none (no
-# /dev/accel*, no /dev/vfio) that fails with five lines of warnings and an INVALID_ARGUMENT error before every
-# plan. Tell it there is nothing to ask: the target topology is given explicitly and compiles to the same program
-# and memory either way (compared on v5e, v5p and v6e targets).
-if not glob.glob("/dev/accel*") and not os.path.exists("/dev/vfio"):
-    for _key, _value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
-                         ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
-        os.environ.setdefault(_key, _value)
+# (libtpu is told not to query the metadata server on machines without TPUs by gptjax/__init__.py.)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
