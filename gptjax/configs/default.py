@@ -7,7 +7,7 @@ dict refuses unknown keys. `validate` checks what types cannot: a config that co
 import ml_collections
 
 from gptjax import kernels
-from gptjax.configs import presets
+from gptjax.configs import presets, smoke
 from gptjax.errors import ConfigError
 from gptjax.model import REMAT_POLICIES, model_config_dict
 
@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.tokenizer_path = ""  # sentencepiece: an existing .model ("": train one on the training split); hf: its dir
     d.vocab_size = 2048  # sentencepiece vocabulary size when training one
     d.seq_len = 128  # tokens per training sequence
+    d.shards = 0  # train shards S (0: lcm(8, process count)); batches depend on S, not on the process count
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 1000
@@ -97,14 +98,20 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
-def finalize(config: ml_collections.ConfigDict, overridden=()) -> ml_collections.ConfigDict:
-    """Applies the model preset (if any) and checks the config; returns it locked. `overridden`: the dotted keys
-    given on the command line (`model.num_heads`, ...), which the preset leaves as they are."""
+def finalize(config: ml_collections.ConfigDict, overridden=(), plan: bool = False) -> ml_collections.ConfigDict:
+    """Applies the model preset (if any), shrinks the config for a smoke run under GPTJAX_SMOKE=1 (`plan`: for
+    `gptjax plan`), and checks it; returns it locked. `overridden`: the dotted keys given on the command line
+    (`model.num_heads`, ...), which the preset leaves as they are."""
     with config.unlocked():
         if config.model.preset:
             keep = {k.removeprefix("model.") for k in overridden if k.startswith("model.")}
             presets.apply_preset(config.model, config.model.preset, keep)
             config.model.preset = ""
+        if smoke.enabled():
+            smoke.shrink(config, plan=plan)
+            m = config.model
+            smoke.announce(f"a smoke run: {config.train.steps} steps of {config.train.batch_size} x "
+                           f"{config.data.seq_len} tokens, {m.num_layers} x {m.d_model} model")
     validate(config)
     config.lock()
     return config
