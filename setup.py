@@ -55,6 +55,10 @@ setup(
         "eval": ["lm-eval==0.4.13"],
         # BertViz's head and model views in `gptjax inspect`'s attention.html (it takes torch tensors).
         "viz": ["bertviz==1.4.1", "torch==2.13.0"],
+        # A gs:// workdir or input: gcsfs is fsspec's gs:// filesystem (epath's way to the bucket), and orbax lists
+        # checkpoint steps with the google-cloud-storage client (gptjax/files.py). TPU pod workers install it
+        # (launch/tpu_pod.py).
+        "gcs": ["gcsfs>=2024.6", "google-cloud-storage>=2.18,<4"],
         # libtpu: `gptjax plan` compiles the real TPU program ahead of time on any machine.
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "test": ["pytest>=8", "tensorboard>=2.16", "torch==2.13.0", "transformers>=4.40", "lm-eval==0.4.13",

@@ -40,7 +40,9 @@ def _define_common(fv):
                          flag_values=fv)
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.", flag_values=fv)
     flags.DEFINE_bool("distributed", False,
-                      "Call jax.distributed.initialize() with cluster auto-detection (TPU pods, SLURM).", flag_values=fv)
+                      "Join the other processes of a cluster that jax detects (Cloud TPU slice, SLURM, Open MPI, "
+                      "Kubernetes); elsewhere use --coordinator_address, --num_processes and --process_id.",
+                      flag_values=fv)
 
 
 def define_config(fv, argv, default=DEFAULT_CONFIG):
@@ -109,13 +111,39 @@ def _define_plan(fv, argv):
     flags.DEFINE_bool("json", False, "Print the report as JSON.", flag_values=fv)
 
 
+# The start of what jax.distributed.initialize() raises, before it connects to anything, when it has neither flags
+# nor a cluster environment to take the coordinator, the process count or this process's id from.
+_NO_CLUSTER = ("coordinator_address should be defined", "Number of processes must be defined",
+               "The process id of the current process must be defined")
+_EXPLICIT = "--coordinator_address=HOST:PORT --num_processes=N --process_id=I"
+
+
 def _init_distributed(f):
+    """Joins the other processes: explicitly with --num_processes > 1 (and --coordinator_address, --process_id), or
+    with --distributed from what jax detects (Cloud TPU slice metadata, SLURM, Open MPI, Kubernetes; any of the
+    three flags given is used as it is). Flags that cannot start a run are one GptjaxError line."""
     import jax
 
-    if f.num_processes and f.num_processes > 1:
-        jax.distributed.initialize(f.coordinator_address, num_processes=f.num_processes, process_id=f.process_id)
+    n, pid = f.num_processes, f.process_id
+    if n is not None and n > 1:
+        missing = [name for name in ("coordinator_address", "process_id") if f[name].value is None]
+        if missing:
+            raise GptjaxError(f"--num_processes={n}: every process also needs "
+                              f"{' and '.join('--' + m for m in missing)} ({_EXPLICIT}, the same address for all)")
+        if not 0 <= pid < n:
+            raise GptjaxError(f"--process_id={pid}: must be 0 to {n - 1} with --num_processes={n}")
+        jax.distributed.initialize(f.coordinator_address, num_processes=n, process_id=pid)
     elif f.distributed:
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize(f.coordinator_address, num_processes=n, process_id=pid)
+        except ValueError as err:
+            if not str(err).startswith(_NO_CLUSTER):
+                raise
+            raise GptjaxError(
+                "--distributed: jax found no cluster to join here; it reads the processes from a Cloud TPU slice "
+                "(its metadata), a SLURM job (srun), Open MPI (mpirun) or a Kubernetes job. On other machines start "
+                f"every process with {_EXPLICIT} instead of --distributed (launch/local_multiprocess.sh does that "
+                "for N processes on one machine)") from None
 
 
 def _config(f):
@@ -128,13 +156,13 @@ def _config(f):
     return config
 
 
-def _final_config(f):
+def _final_config(f, plan: bool = False):
     """The --config file with its --config.* overrides, preset applied (keeping the overridden fields), checked."""
     from ml_collections import config_flags
 
     from gptjax import configs
 
-    return configs.finalize(_config(f), overridden=config_flags.get_override_values(f["config"]))
+    return configs.finalize(_config(f), overridden=config_flags.get_override_values(f["config"]), plan=plan)
 
 
 def _train(f):
@@ -145,6 +173,7 @@ def _train(f):
 
 def _sample(f):
     from gptjax import workdirs
+    from gptjax.configs import smoke
 
     if (f.prompt is None) == (f.prompt_file is None):
         raise GptjaxError("give exactly one of --prompt and --prompt_file")
@@ -156,9 +185,13 @@ def _sample(f):
 
         prompt = finetune_data.render(finetune_data.saved_template(f.workdir), prompt)
     stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in f.stop]
+    max_new_tokens, num_samples = f.max_new_tokens, f.num_samples
+    if smoke.enabled():
+        max_new_tokens, num_samples = min(max_new_tokens, smoke.NEW_TOKENS), min(num_samples, 2)
+        smoke.announce(f"sampling {max_new_tokens} tokens, {num_samples} sample(s)")
     workdirs.sample_from_workdir(
-        f.workdir, prompt, max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_k=f.top_k,
-        top_p=f.top_p, beam_size=f.beam_size, length_penalty=f.length_penalty, num_samples=f.num_samples,
+        f.workdir, prompt, max_new_tokens=max_new_tokens, temperature=f.temperature, top_k=f.top_k,
+        top_p=f.top_p, beam_size=f.beam_size, length_penalty=f.length_penalty, num_samples=num_samples,
         stop_strings=stops, truncate=f.truncate, seed=f.seed,
     )
 
@@ -188,7 +221,7 @@ def _plan(f):
 
     if not f.topology:
         raise GptjaxError(f"--topology: required ({plan.TOPOLOGY_HELP})")
-    config = _final_config(f)
+    config = _final_config(f, plan=True)
     name = os.path.relpath(f["config"].config_filename) if f["config"].config_filename else ""
     plan.run(config, f.topology, f.num_slices, as_json=f.json, config_name=name)
 

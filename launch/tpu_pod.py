@@ -14,6 +14,12 @@ jax.distributed.initialize() finds the coordinator from the TPU metadata. The wo
 which every host reads and writes. After the run (or a failure) each worker's log is copied to
 --logs/<tpu>/worker_<i>.log, and the slice is deleted unless --keep. Rerunning the same command after a spot
 preemption resumes from the latest checkpoint in the workdir.
+
+Each worker gets a clone of --repo at --ref in ~/gptjax and a virtual environment ~/gptjax-venv made by uv with a
+Python that gptjax supports (3.11 or 3.12: uv takes the image's own if it has one, else downloads one; the TPU
+images' python3 is 3.10), holding gptjax with its `gcs` extra (gcsfs and google-cloud-storage, for the gs://
+workdir) and its `tpu` extra (jax[tpu] at the project's jax version); the command runs in that environment.
+worker_setup_script() and worker_run_script() give the two scripts (tests/test_pod_rehearsal.py runs them).
 """
 
 import argparse
@@ -29,6 +35,11 @@ import time
 RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite", "v5p": "v2-alpha-tpuv5",
                     "v6e": "v2-alpha-tpuv6e"}
 REMOTE_LOG = "gptjax.log"  # in each worker's home directory
+VENV = "$HOME/gptjax-venv"  # each worker's Python environment for gptjax
+# setup.py extras every worker installs: `gcs` for the gs:// workdir, `tpu` for jax[tpu] at the project's jax range
+WORKER_EXTRAS = ("gcs", "tpu")
+UV = "uv>=0.5,<1"  # makes the venv with a Python that gptjax supports, and installs into it
+PYTHON = ">=3.11,<3.13"  # setup.py's python_requires (jax 0.10 needs 3.11)
 
 
 class LaunchError(ValueError):
@@ -97,14 +108,10 @@ class Pod:
         return self._gcloud("tpu-vm", "ssh", self.tpu, "--worker=all", f"--command={script}")
 
     def setup(self) -> list[str]:
-        return self._ssh_all(
-            f"set -e; if [ ! -d gptjax ]; then git clone --quiet {shlex.quote(self.repo)} gptjax; fi; "
-            f"cd gptjax && git fetch --quiet origin && git checkout --quiet {shlex.quote(self.ref)} && "
-            "python3 -m pip install --quiet -e . 'jax[tpu]>=0.10.2,<0.11'")
+        return self._ssh_all(worker_setup_script(self.repo, self.ref))
 
     def run(self, command: list[str]) -> list[str]:
-        return self._ssh_all(f"set -o pipefail; cd gptjax && {shlex.join([*command, '--distributed'])} 2>&1 "
-                             f"| tee $HOME/{REMOTE_LOG}")
+        return self._ssh_all(worker_run_script(command))
 
     def fetch_logs(self) -> list[list[str]]:
         return [self._gcloud("tpu-vm", "scp", f"{self.tpu}:{REMOTE_LOG}", f"{self.logs}/{self.tpu}/worker_{i}.log",
@@ -114,6 +121,26 @@ class Pod:
         if self.queued:  # --force deletes the slice together with its queued resource
             return self._gcloud("queued-resources", "delete", self.tpu, "--force", "--quiet")
         return self._gcloud("tpu-vm", "delete", self.tpu, "--quiet")
+
+
+def worker_setup_script(repo: str, ref: str, extras: tuple[str, ...] = WORKER_EXTRAS) -> str:
+    """The shell script that sets up one worker, run in its home directory: clone (or update) gptjax at `ref`, make
+    the venv once (uv, itself installed with the image's pip into ~/.local; PIP_BREAK_SYSTEM_PACKAGES lets that
+    --user install through on images whose Python is marked externally managed), install gptjax with `extras`."""
+    return (f"set -e; if [ ! -d gptjax ]; then git clone --quiet {shlex.quote(repo)} gptjax; fi; "
+            f"cd gptjax; git fetch --quiet origin; git checkout --quiet {shlex.quote(ref)}; "
+            f"if [ ! -x {VENV}/bin/python ]; then PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --user "
+            f"{shlex.quote(UV)}; "
+            f"$HOME/.local/bin/uv venv --quiet --python {shlex.quote(PYTHON)} {VENV}; fi; "
+            f"$HOME/.local/bin/uv pip install --quiet --python {VENV}/bin/python -e "
+            + shlex.quote(f".[{','.join(extras)}]"))
+
+
+def worker_run_script(command: list[str]) -> str:
+    """The shell script that runs `command` on one worker, in the venv, joined to the others by jax.distributed
+    (`--distributed`: the coordinator and process ids come from the TPU metadata), its output also in ~/REMOTE_LOG."""
+    return (f"set -o pipefail; cd gptjax && . {VENV}/bin/activate && {shlex.join([*command, '--distributed'])} "
+            f"2>&1 | tee $HOME/{REMOTE_LOG}")
 
 
 def check_command(command: list[str]) -> None:

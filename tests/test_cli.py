@@ -1,6 +1,7 @@
 """The `gptjax` command end to end: train a tiny model then sample from it; import a transformers GPT-2 and
 sample the same greedy text transformers generates; fine-tune the import; bad input gives one line."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -207,3 +208,19 @@ def test_fine_tune_from_import(hf_dir, corpus_file, tmp_path):
     cfg = json.load(open(tuned / "config.json"))
     assert (cfg["model"]["num_layers"], cfg["model"]["d_model"], cfg["data"]["tokenizer"]) == (2, 64, "hf")
     assert np.isfinite(json.loads(open(tuned / "metrics.jsonl").readline())["train_loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed (the tpu extra)")
+def test_no_libtpu_errors_on_a_machine_without_tpus(tmp_path):
+    """With libtpu installed and nothing pinning the platform (as on a user's CPU machine), a training run prints
+    none of libtpu's initialisation warnings or errors: gptjax tells libtpu there is no TPU to ask about."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TPU_SKIP_MDS_QUERY",
+                                                            "TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE")}
+    env["GPTJAX_SMOKE"] = "1"
+    out = subprocess.run([sys.executable, "-m", "gptjax.main", "train", f"--workdir={tmp_path}",
+                          "--config=experiments/icl/mapping.py"], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for noise in ("E0000", "TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "INVALID_ARGUMENT", "libtpu"):
+        assert noise not in out.stderr, out.stderr[-3000:]

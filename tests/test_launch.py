@@ -51,10 +51,14 @@ def test_tpu_pod_dry_run_v5e_256_queued_spot():
     assert describe[3:6] == ["queued-resources", "describe", "gpt2-run"]
     for ssh in (setup, run):
         assert ssh[3:6] == ["tpu-vm", "ssh", "gpt2-run"] and flag(ssh, "worker") == "all"
+    assert flag(setup, "command") == tpu_pod.worker_setup_script(REPO, "v1.0")
     assert f"git clone --quiet {REPO} gptjax" in flag(setup, "command")
-    assert "git checkout --quiet v1.0" in flag(setup, "command") and "pip install" in flag(setup, "command")
+    assert "git checkout --quiet v1.0" in flag(setup, "command")
+    assert "uv pip install --quiet --python $HOME/gptjax-venv/bin/python -e '.[gcs,tpu]'" in flag(setup, "command")
     remote = flag(run, "command")
-    assert f"{shlex.join(TRAIN)} --distributed" in remote and "tee $HOME/gptjax.log" in remote
+    assert remote == tpu_pod.worker_run_script(TRAIN)
+    assert f". $HOME/gptjax-venv/bin/activate && {shlex.join(TRAIN)} --distributed" in remote
+    assert "tee $HOME/gptjax.log" in remote
     # v5e-256: 64 hosts of 4 chips, one log each
     assert len(scps) == 64
     assert [flag(c, "worker") for c in scps] == [str(i) for i in range(64)]
@@ -72,6 +76,34 @@ def test_tpu_pod_dry_run_direct_create_and_keep():
     assert len([c for c in cmds if c[4] == "scp"]) == 4  # v4-32: 16 chips, 4 hosts
     assert not any(c[4] == "delete" for c in cmds)  # --keep
     assert "delete it with: gcloud compute tpus tpu-vm delete t --quiet" in out
+
+
+def setup_py(*keys):
+    """The values of setup()'s keyword arguments `keys` in setup.py, as written there."""
+    import ast
+
+    call = next(node for node in ast.walk(ast.parse((ROOT / "setup.py").read_text()))
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup")
+    kwargs = {k.arg: k.value for k in call.keywords}
+    return [ast.literal_eval(kwargs[key]) for key in keys]
+
+
+def test_tpu_workers_install_what_a_gs_workdir_and_the_tpu_need():
+    from gptjax import files
+
+    requires, extras, python = setup_py("install_requires", "extras_require", "python_requires")
+    assert set(tpu_pod.WORKER_EXTRAS) == {"gcs", "tpu"} <= set(extras)
+    # every package that gptjax asks for before it uses a gs:// workdir is in the gcs extra
+    needed = {pkg for _, pkg in files.PACKAGES["gs"] + files.WORKDIR_PACKAGES["gs"]}
+    assert needed == {"gcsfs", "google-cloud-storage"}
+    assert {r.split(">")[0].split("<")[0].split("=")[0] for r in extras["gcs"]} == needed
+    # jax[tpu] at the project's own jax range
+    jax = next(r for r in requires if r.startswith("jax>"))
+    assert extras["tpu"] == [jax.replace("jax", "jax[tpu]", 1)]
+    setup = tpu_pod.worker_setup_script(REPO, "main")
+    assert setup.endswith("-e '.[gcs,tpu]'")
+    # the venv's Python is one gptjax installs on (the TPU images' own python3 is 3.10)
+    assert tpu_pod.PYTHON == python and f"uv venv --quiet --python '{python}' $HOME/gptjax-venv" in setup
 
 
 @pytest.mark.parametrize("accelerator,workers", [("v4-8", 1), ("v4-32", 4), ("v5p-128", 16), ("v5e-8", 1),
@@ -174,17 +206,93 @@ print("4242;cluster")
     assert f"job 4242; log: {tmp_path / 'logs'}/gptjax-4242.out" in r.stdout
 
 
-def test_local_multiprocess_dry_run_prints_each_process():
-    r = subprocess.run([str(ROOT / "launch" / "local_multiprocess.sh"), "--dry_run", "2", "4", "gptjax", "train",
-                        "--workdir=runs/mp", "--config.mesh.shape=(2,4,1)"], capture_output=True, text=True,
-                       env={**os.environ, "GPTJAX_COORDINATOR_PORT": "23456", "XLA_FLAGS": ""})
+def local_multiprocess(*args, cwd, env=None):
+    return subprocess.run([str(ROOT / "launch" / "local_multiprocess.sh"), *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "GPTJAX_COORDINATOR_PORT": "23456", "XLA_FLAGS": "",
+                                        **(env or {})})
+
+
+def test_local_multiprocess_dry_run_prints_each_process(tmp_path):
+    r = local_multiprocess("--dry_run", "2", "4", "gptjax", "train", "--workdir=runs/mp",
+                           "--config.mesh.shape=(2,4,1)", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[-1] == "wait" and len(lines) == 3
-    for i, line in enumerate(lines[:2]):
+    assert lines[0] == "# logs: runs/mp/logs/process_<i>.log"  # the run's workdir, not the current directory
+    assert lines[1] == "mkdir -p runs/mp/logs" and lines[-1] == "wait" and len(lines) == 5
+    for i, line in enumerate(lines[2:4]):
         argv = shlex.split(line)
         assert argv[0] == "XLA_FLAGS= --xla_force_host_platform_device_count=4"
         assert argv[1:9] == ["gptjax", "train", "--workdir=runs/mp", "--config.mesh.shape=(2,4,1)",
                              "--coordinator_address=127.0.0.1:23456", "--num_processes=2", f"--process_id={i}",
                              ">"]
-        assert argv[9:] == [f"process_{i}.log", "2>&1", "&"]
+        assert argv[9:] == [f"runs/mp/logs/process_{i}.log", "2>&1", "&"]
+    assert not os.listdir(tmp_path)  # a dry run writes nothing
+
+    # a bucket workdir, or none: a new folder in $TMPDIR (named, not made); --logs: that folder
+    for args, env, logs in [(["--workdir", "gs://b/run"], {"TMPDIR": str(tmp_path)}, f"{tmp_path}/gptjax-mp."),
+                            (["--logs=my logs", "--workdir=runs/mp"], {}, "my logs")]:
+        ours = [a for a in args if a.startswith("--logs")]
+        r = local_multiprocess("--dry_run", *ours, "2", "1", "gptjax", "train",
+                               *[a for a in args if a not in ours], cwd=tmp_path, env=env)
+        assert r.returncode == 0, r.stderr
+        first, mkdir = r.stdout.splitlines()[:2]
+        assert first.startswith(f"# logs: {logs}") and shlex.split(mkdir)[2].startswith(logs), r.stdout
+        assert shlex.split(r.stdout.splitlines()[2])[-3].startswith(logs)
+    assert not os.listdir(tmp_path)
+
+
+PROCESS = """import sys
+print("argv", sys.argv[1:])
+sys.exit(3 if "--process_id=1" in sys.argv and "--fail" in sys.argv else 0)"""  # a process that the script starts
+
+
+@pytest.mark.slow  # a subprocess (well under a second: the processes are two tiny Python programs)
+def test_local_multiprocess_logs_go_to_the_workdir_not_the_current_directory(tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    r = local_multiprocess("2", "1", sys.executable, "-c", PROCESS, f"--workdir={tmp_path / 'run'}", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    logs = tmp_path / "run" / "logs"
+    assert r.stdout.splitlines()[0] == f"# logs: {logs}/process_<i>.log"
+    assert sorted(os.listdir(logs)) == ["process_0.log", "process_1.log"]
+    assert "--process_id=0" in (logs / "process_0.log").read_text()
+    assert "--process_id=1" in (logs / "process_1.log").read_text()
+    assert r.stdout.splitlines()[1:] == (logs / "process_0.log").read_text().splitlines()  # process 0's log at the end
+    assert not os.listdir(cwd)
+
+    r = local_multiprocess("2", "1", sys.executable, "-c", PROCESS, "--fail", cwd=cwd, env={"TMPDIR": str(tmp_path)})
+    assert r.returncode == 3
+    (logs,) = tmp_path.glob("gptjax-mp.*")  # no workdir: a new folder under $TMPDIR, named on the first line
+    assert r.stdout.splitlines()[0] == f"# logs: {logs}/process_<i>.log"
+    assert f"# process 1 failed (exit 3): {logs}/process_1.log" in r.stderr
+    assert not os.listdir(cwd)
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """jax.distributed.initialize() in this process as in a fresh `gptjax` process on a machine that is no cluster:
+    no cluster variables, and jax's check that no backend is up yet passed (other tests have used jax here; what
+    follows the check only reads the environment before it raises, and connects to nothing)."""
+    from jax._src import xla_bridge
+
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    for var in ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST", "JAX_COORDINATOR_ADDRESS",
+                "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_distributed_off_a_cluster_is_one_line(no_cluster, capsys, tmp_path):
+    from helpers import one_line_error
+
+    err = one_line_error(capsys, "--distributed: jax found no cluster to join here", "train", "--distributed",
+                         f"--workdir={tmp_path / 'run'}")
+    assert "--coordinator_address=HOST:PORT --num_processes=N --process_id=I instead of --distributed" in err
+    assert "launch/local_multiprocess.sh" in err
+    one_line_error(capsys, "--num_processes=2: every process also needs --coordinator_address and --process_id",
+                   "train", "--num_processes=2", f"--workdir={tmp_path / 'run'}")
+    one_line_error(capsys, "--num_processes=2: every process also needs --process_id", "sample",
+                   "--num_processes=2", "--coordinator_address=127.0.0.1:1234", f"--workdir={tmp_path / 'run'}",
+                   "--prompt=a")
+    one_line_error(capsys, "--process_id=2: must be 0 to 1 with --num_processes=2", "train", "--num_processes=2",
+                   "--process_id=2", "--coordinator_address=127.0.0.1:1234", f"--workdir={tmp_path / 'run'}")
+    assert not (tmp_path / "run").exists()
