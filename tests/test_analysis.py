@@ -180,7 +180,7 @@ def test_head_scores_find_the_induction_head_of_a_model_built_to_have_one():
 TEXT = "the cat sat on the mat. the cat sat on the hat."
 
 
-def make_workdir(path, with_params=True, scan=False):
+def make_workdir(path, with_params=True, scan=False, alphabet="abcdefghijklmnopqrstuvwxyz .,\n"):
     """A char-level workdir (config, tokenizer and, unless told otherwise, an untrained checkpoint)."""
     from gptjax import checkpoint, configs, tokenizer
 
@@ -188,7 +188,7 @@ def make_workdir(path, with_params=True, scan=False):
     config.data.tokenizer = "char"
     config.data.seq_len = 64
     config.model.update(num_layers=2, d_model=32, num_heads=4, max_len=64, scan_layers=scan)
-    tok = tokenizer.build_tokenizer(config.data, str(path), lambda: ["abcdefghijklmnopqrstuvwxyz .,\n"])
+    tok = tokenizer.build_tokenizer(config.data, str(path), lambda: [alphabet])
     config.model.vocab_size = tok.vocab_size
     config = configs.finalize(config)
     checkpoint.write_config(str(path), config)
@@ -271,6 +271,32 @@ def test_inspect_notes_truncation(workdir, tmp_path, capsys):
     assert status == 0
     assert "note: the text is 90 tokens; inspecting its first 64" in out
     assert not (tmp_path / "attention.html").exists() and (tmp_path / "attention.png").exists()
+
+
+def test_visible_draws_control_characters():
+    from gptjax.analysis.plots import visible
+
+    assert visible("a\nb\tc") == "a⏎b⇥c"
+    assert visible("\r\x1b\x00\u200b\u2028") == "\\r\\x1b\\x00\\u200b\\u2028"
+    assert visible("the cat, é ü — ❤") == "the cat, é ü — ❤"  # printable text is left alone
+
+
+def test_inspect_draws_control_characters_without_missing_glyph_warnings(tmp_path, capsys):
+    """A text with newlines, tabs, a carriage return and an escape character: every PNG draws its tokens without
+    matplotlib's "Glyph 9 (\t) missing from font(s)" warnings (the characters are drawn as ⏎, ⇥ and escapes)."""
+    import warnings
+
+    workdir = make_workdir(tmp_path / "run", alphabet="abcdefghijklmnopqrstuvwxyz .,\n\t\r\x1b")
+    text = "the cat\n\tsat on\r\nthe mat.\x1b\n\nthe end"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status, out, err = run_inspect(capsys, f"--workdir={workdir}", f"--text={text}", f"--out={tmp_path / 'out'}",
+                                       "--nohtml")
+    assert status == 0, err
+    glyphs = [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    assert glyphs == []
+    for name in ("attention.png", "tokens.png", "logit_lens.png", "embeddings.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
 
 
 # ---- real browser ------------------------------------------------------------------------------------------------

@@ -173,6 +173,30 @@ def test_eval_cli_bad_input_is_one_line_from_its_own_process(workdir):
     assert out.stderr.startswith("gptjax: error: ") and message in out.stderr, out.stderr[-2000:]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("data", ["empty_dir", "tfds"])
+def test_benchmarks_without_their_data_stop_at_once_from_their_own_process(data, tmp_path):
+    """The documented `gptjax eval --workdir=DIR --config=experiments/eval/benchmarks.py:data=...` with an empty
+    data directory, and without data= on an empty TFDS directory, as a fresh process: one line within seconds (TFDS
+    used to be asked to download, and retried for minutes), and no file or temporary directory left behind (the
+    in-process test in test_evals_tasks.py refuses the network outright)."""
+    import time
+
+    for d in ("bench", "tfds", "tmp"):
+        (tmp_path / d).mkdir()
+    config = f"{ROOT}/experiments/eval/benchmarks.py" + (f":data={tmp_path / 'bench'}" if data == "empty_dir" else "")
+    env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds"), "TMPDIR": str(tmp_path / "tmp")}
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "gptjax.main", "eval", f"--workdir={tmp_path / 'run'}",
+                          f"--config={config}"], capture_output=True, text=True, cwd=str(tmp_path), env=env,
+                         timeout=300)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-3000:]
+    assert out.stderr.startswith("gptjax: error: task lambada: ") and "9 more tasks cannot be read" in out.stderr
+    assert ("lambada_test.jsonl" if data == "empty_dir" else f"not prepared in {tmp_path / 'tfds'}") in out.stderr
+    assert time.time() - t0 < 120
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bench", "tfds", "tmp"]
+
+
 def test_workdir_without_checkpoint(tmp_path, untrained):
     workdir = untrained
     from gptjax.evals import cli

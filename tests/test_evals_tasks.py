@@ -192,10 +192,15 @@ def test_eval_configs_name_known_tasks(path):
     assert set(config) == {"tasks", "shots", "seeds", "limit", "tokens_per_batch", "workdirs"}
 
 
-def test_benchmark_reads_tfds_records(monkeypatch):
-    """Without path=, a benchmark reads TFDS records (bytes, numpy arrays) through tfds.data_source; the feature
-    names are TFDS's (hellaswag's `context`, boolq's 0/1 `label`)."""
+def test_benchmark_reads_tfds_records(monkeypatch, tmp_path):
+    """Without path=, a benchmark reads TFDS records (bytes, numpy arrays) through tfds.data_source from a prepared
+    dataset, never asking TFDS to download; the feature names are TFDS's (hellaswag's `context`, boolq's 0/1
+    `label`)."""
     tfds = pytest.importorskip("tensorflow_datasets")
+    for name in ("hellaswag/1.1.0", "super_glue/boolq/1.0.2"):  # what a prepared dataset leaves in its directory
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "dataset_info.json").write_text("{}")
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path))
     seen = []
     records = {
         "hellaswag": [{"activity_label": b"Baking", "context": b"A woman pours flour. she",
@@ -205,7 +210,8 @@ def test_benchmark_reads_tfds_records(monkeypatch):
                              {"question": b"is snow hot", "passage": b"Snow is cold.", "label": np.int64(0)}],
     }
 
-    def data_source(name, split, data_dir=None):
+    def data_source(name, split, data_dir=None, download=True):
+        assert not download and data_dir == str(tmp_path)
         seen.append((name, split))
         return records[name]
 
@@ -215,3 +221,99 @@ def test_benchmark_reads_tfds_records(monkeypatch):
     assert ("hellaswag", "validation") in seen and ("hellaswag", "train") in seen
     bq = benchmarks.benchmark("boolq", split="validation[:2]")
     assert [e.target for e in bq.examples] == [1, 0] and bq.examples[0].query.startswith("The sky is blue.\nQuestion")
+
+
+@pytest.mark.parametrize("name", ["boolq", "piqa"])
+def test_a_benchmark_never_asks_tfds_for_a_dataset_that_is_not_prepared(name, monkeypatch, tmp_path):
+    """Without path= and without a prepared dataset, the error names the dataset, where the benchmark's release
+    file comes from and how to prepare it, before TFDS is asked (asked, it would try to download for minutes)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(tfds, "data_source", lambda *a, **k: pytest.fail("TFDS was asked for an unprepared dataset"))
+    (tmp_path / benchmarks.BENCHMARKS[name][1] / "1.0.0").mkdir(parents=True)  # a version folder, no dataset_info
+    with pytest.raises(DataError) as e:
+        tasks.get(f"{name}:data_dir={tmp_path}")
+    message = str(e.value)
+    assert f"task {name}: TFDS dataset {benchmarks.BENCHMARKS[name][1]!r} is not prepared in {tmp_path}" in message
+    assert benchmarks.RELEASES[name] in message and f"tfds build {benchmarks.BENCHMARKS[name][1]}" in message
+
+
+def test_a_missing_labels_file_is_a_data_error(tmp_path):
+    """PIQA's labels= file missing is one DataError naming it (it was an uncaught FileNotFoundError)."""
+    with pytest.raises(DataError, match=f"task piqa: no such file: {tmp_path}/nope.lst .*yonatanbisk.com/piqa"):
+        tasks.get(f"piqa:path={DATA}/piqa.jsonl,labels={tmp_path}/nope.lst")
+
+
+def _guard_network(monkeypatch):
+    """Every way out to the network fails the test's check: the attempts are recorded and refused at once."""
+    import socket
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("no network in this test")
+
+    for obj, attr in ((socket.socket, "connect"), (socket.socket, "connect_ex"), (socket, "create_connection"),
+                      (socket, "getaddrinfo")):
+        monkeypatch.setattr(obj, attr, refuse)
+    return attempts
+
+
+@pytest.mark.parametrize("data", ["empty_dir", "tfds"])
+def test_benchmarks_config_without_its_data_is_one_line_without_network(data, monkeypatch, tmp_path, capsys):
+    """`gptjax eval --config=experiments/eval/benchmarks.py[:data=DIR]` where nothing is there: one line naming the
+    first missing file or dataset, where it comes from and the other tasks; no network attempt (TFDS used to retry
+    downloads for minutes), nothing written (TFDS left temporary directories), before any workdir is read."""
+    import tempfile
+    import time
+
+    from helpers import one_line_error
+
+    tfds = pytest.importorskip("tensorflow_datasets")
+    attempts = _guard_network(monkeypatch)
+    for d in ("bench", "tfds", "tmp"):
+        (tmp_path / d).mkdir()
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    tasks.get.cache_clear()
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "eval",
+                          "benchmarks.py")
+    config += f":data={tmp_path / 'bench'}" if data == "empty_dir" else ""
+    t0 = time.time()
+    err = one_line_error(capsys, "and 9 more tasks cannot be read: hellaswag, piqa, arc_easy, arc_challenge, "
+                         "winogrande, storycloze, boolq, copa, triviaqa", "eval", f"--workdir={tmp_path}/run",
+                         f"--config={config}")
+    assert time.time() - t0 < 60, "the eval command took minutes: is something retrying a download?"
+    if data == "empty_dir":
+        assert f"task lambada: no such file: {tmp_path / 'bench'}/lambada_test.jsonl" in err
+    else:
+        assert f"task lambada: TFDS dataset 'lambada' is not prepared in {tmp_path / 'tfds'}" in err
+    assert benchmarks.RELEASES["lambada"] in err
+    assert attempts == []
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bench", "tfds", "tmp"]  # nothing written anywhere
+
+
+def test_the_default_eval_config_is_inside_the_package(tmp_path, capsys):
+    """`gptjax eval` without --config reads gptjax/evals/config.py (an installed gptjax has no experiments/), the
+    same config as experiments/eval/synthetic.py; it loads, its tasks are checked, and the run stops at the workdir."""
+    import importlib.util
+
+    import gptjax
+    from gptjax.evals import cli, config
+    from helpers import one_line_error
+
+    package = os.path.dirname(os.path.abspath(gptjax.__file__))
+    assert os.path.commonpath([cli.DEFAULT_CONFIG, package]) == package and os.path.isfile(cli.DEFAULT_CONFIG)
+    one_line_error(capsys, f"--workdir: {tmp_path} holds no training run", "eval", f"--workdir={tmp_path}")
+    path = os.path.join(os.path.dirname(package), "experiments", "eval", "synthetic.py")
+    spec = importlib.util.spec_from_file_location("synthetic_eval", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.get_config("limit=7").to_dict() == config.get_config("limit=7").to_dict()
+    assert config.get_config().tasks == tuple(synthetic_names()) and config.get_config().limit == 200
+
+
+def synthetic_names():
+    from gptjax.evals.tasks import synthetic
+
+    return [*synthetic.ARITHMETIC, *synthetic.SCRAMBLES]

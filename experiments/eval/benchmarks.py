@@ -3,8 +3,10 @@
 
 Expected files (rename or edit below): lambada_test.jsonl, hellaswag_val.jsonl + hellaswag_train.jsonl,
 piqa_valid.jsonl + piqa_valid-labels.lst, ARC-Easy-Test.jsonl, ARC-Challenge-Test.jsonl (+ -Train),
-winogrande_dev.jsonl, storycloze_val.csv, boolq_val.jsonl, copa_val.jsonl, triviaqa_dev.json. Without `data`
-the tasks read the prepared TFDS datasets instead.
+winogrande_dev.jsonl, storycloze_val.csv, boolq_val.jsonl, copa_val.jsonl, triviaqa_dev.json; where each comes from
+is in docs/evals.md and in the error for a missing one. Without `data` the tasks read TFDS datasets that are
+already prepared (TFDS's default directory). Nothing is downloaded: a missing file or dataset stops the command with
+one line that names it.
 """
 
 from gptjax import configs

@@ -1,11 +1,32 @@
 """The PNGs of `gptjax inspect`, drawn with matplotlib from the arrays of `gptjax.analysis`. Each `path` may be local
-or a cloud URL (gs://...): the PNG is written through gptjax.files."""
+or a cloud URL (gs://...): the PNG is written through gptjax.files.
+
+Tokens are drawn through `visible`: no font has a glyph for a control character (matplotlib warns "Glyph 9 missing
+from font(s)" and draws a box), and a newline would break a tick label over two lines. A newline is drawn as ⏎, a
+tab as ⇥, any other control or format character as its Python escape (\\r, \\x1b, \\u200b)."""
+
+import unicodedata
 
 import numpy as np
 
 from gptjax import files
 
 _LABELLED = 48  # label the axes with tokens up to this many positions; longer texts get position numbers
+_SYMBOLS = {"\n": "⏎", "\t": "⇥"}  # both in DejaVu Sans and DejaVu Sans Mono, matplotlib's own fonts
+
+
+def visible(label: str) -> str:
+    """`label` with each control, format, line or paragraph separator character (Unicode categories C*, Zl, Zp)
+    replaced by a symbol or its escape, so that it draws without a missing glyph."""
+    out = []
+    for ch in label:
+        if ch in _SYMBOLS:
+            out.append(_SYMBOLS[ch])
+        elif unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _plt():
@@ -24,6 +45,7 @@ def _save(plt, fig, path, dpi: int) -> None:
 
 
 def _label_axes(ax, labels, x=True, y=True, fontsize=6):
+    labels = [visible(t) for t in labels]
     T = len(labels)
     if T <= _LABELLED:
         if x:
@@ -68,11 +90,8 @@ def tokens_text(labels, bits, path, width=10.0):
     x, y, line_h, pad = 0.01, 0.0, 0.0, 0.004
     placed = []
     for i, label in enumerate(labels):
-        if label == "\n":
-            x, y = 0.01, y + 1
-            continue
         face = "#dddddd" if i == 0 else cmap(0.85 * norm(bits[i - 1]))
-        t = fig.text(x, 0, label.replace("\n", "⏎"), fontsize=9, family="monospace",
+        t = fig.text(x, 0, visible(label), fontsize=9, family="monospace",
                      bbox=dict(boxstyle="square,pad=0.15", facecolor=face, edgecolor="none"))
         w = t.get_window_extent(renderer).width / fig.bbox.width
         if x + w > 0.99 and x > 0.011:
@@ -81,6 +100,8 @@ def tokens_text(labels, bits, path, width=10.0):
         placed.append((t, y))
         x += w + pad
         line_h = max(line_h, t.get_window_extent(renderer).height)
+        if "\n" in label and i + 1 < len(labels):  # drawn as ⏎, with its loss; the text goes on below
+            x, y = 0.01, y + 1
     lines = int(y) + 1
     height_in = max(1.0, lines * (line_h * 1.6) / fig.dpi + 0.9)
     fig.set_size_inches(width, height_in)
@@ -103,8 +124,9 @@ def logit_lens(logprob_target_LxT, top_labels_LxT, labels, path):
     if T <= _LABELLED:
         for i in range(L1):
             for j in range(T):
-                ax.text(j, i, top_labels_LxT[i][j][:8], ha="center", va="center", fontsize=6, color="#40a0ff")
-        ax.set_xticks(range(T), [f"{t}" for t in labels], rotation=90, fontsize=7)
+                ax.text(j, i, visible(top_labels_LxT[i][j][:8]), ha="center", va="center", fontsize=6,
+                        color="#40a0ff")
+        ax.set_xticks(range(T), [visible(t) for t in labels], rotation=90, fontsize=7)
     ax.set_yticks(range(L1), ["embed"] + [f"block {i}" for i in range(L1 - 1)], fontsize=7)
     ax.set_xlabel("input token (the lens predicts the next one)", fontsize=8)
     ax.set_title("logit lens: log2 p(actual next token); text: the lens's top guess", fontsize=9)
@@ -122,7 +144,7 @@ def embeddings(pca_Vx2, explained, pca_labels, pca_ids, position_sim, pos_kind, 
     ax.scatter(pca_Vx2[:, 0], pca_Vx2[:, 1], s=3, c="#999999", alpha=0.5, linewidths=0)
     for i, label in zip(pca_ids, pca_labels):
         ax.scatter(pca_Vx2[i, 0], pca_Vx2[i, 1], s=12, c="#d62728")
-        ax.annotate(label, (pca_Vx2[i, 0], pca_Vx2[i, 1]), fontsize=7)
+        ax.annotate(visible(label), (pca_Vx2[i, 0], pca_Vx2[i, 1]), fontsize=7)
     ax.set_title(f"token embeddings, PCA (explained variance {explained[0]:.1%}, {explained[1]:.1%})", fontsize=9)
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")

@@ -3,17 +3,19 @@
 gptjax eval --workdir=runs/shakespeare --config=experiments/eval/shakespeare.py
 gptjax eval --workdir=runs/icl/icl,runs/icl/control --config=experiments/eval/icl.py --config.shots='(0,1,2,4,8,16)'
 
-The config (`experiments/eval/*.py`, `get_config(arg)`) has `tasks` (task specs, `gptjax/evals/tasks`), `shots`,
-`seeds`, `limit` (examples per task, 0 for all), `tokens_per_batch` and `workdirs` (used when --workdir is not
-given: an evaluation sweep from one file). For each workdir it writes, and changes nothing else:
+The config (`experiments/eval/*.py`, or any file with `get_config(arg)`) has `tasks` (task specs,
+`gptjax/evals/tasks`), `shots`, `seeds`, `limit` (examples per task, 0 for all), `tokens_per_batch` and `workdirs`
+(used when --workdir is not given: an evaluation sweep from one file). For each workdir it writes, and changes
+nothing else:
 
   <workdir>/eval/results.json   every metric of every (task, K, seed), their mean over seeds, and the settings
   <workdir>/eval/results.md     the main metric (mean over seeds, and the spread when there are several) by K
   <workdir>/eval/shots.png      the main metric against K, one line per task (the chance level dotted)
 
 With several workdirs, `--output_dir` (default: the first workdir's eval/) also gets models.md and models.png: one
-line per model for each task, as in GPT-3's figure 1.2. Until `gptjax eval` is wired into gptjax/main.py the same
-runs as `python -m gptjax.evals.cli --workdir=... --config=...`.
+line per model for each task, as in GPT-3's figure 1.2. Without --config it runs `gptjax/evals/config.py`, GPT-3's
+synthetic probes. gptjax/main.py dispatches `gptjax eval` here (`define_flags`, `main`); `python -m gptjax.evals.cli
+--workdir=... --config=...` runs the same command on its own.
 
 Workdirs and --output_dir may be local paths or cloud URLs (gs://...): every file is written through gptjax.files.
 """
@@ -28,10 +30,10 @@ import numpy as np
 from absl import flags
 
 from gptjax import files
-from gptjax.errors import ConfigError, GptjaxError
+from gptjax.errors import ConfigError, DataError, GptjaxError
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                              "experiments", "eval", "synthetic.py")
+# The default config is inside the package (an installed gptjax has no experiments/): the synthetic probes.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py")
 
 
 def define_flags(fv=None, argv=None) -> None:
@@ -77,10 +79,20 @@ def check_config(config) -> None:
         name, _ = tasks.parse(spec)
         if name not in tasks.NAMES:
             raise ConfigError(f"config.tasks: unknown task {name!r}; choose from {', '.join(tasks.NAMES)}")
-    for spec in config.tasks:  # every task file read and every K checked before a model is loaded
-        task = tasks.get(spec)
-        if task.kind != "perplexity":
-            task.prefix(0, max(config.shots), config.seeds[0])
+    failed = []  # every task file read and every K checked before a model is loaded; all failures in one line
+    for spec in config.tasks:
+        try:
+            task = tasks.get(spec)
+            if task.kind != "perplexity":
+                task.prefix(0, max(config.shots), config.seeds[0])
+        except DataError as e:
+            failed.append((tasks.parse(spec)[0], e))
+    if len(failed) == 1:
+        raise failed[0][1]
+    if failed:
+        others = ", ".join(name for name, _ in failed[1:])
+        raise DataError(f"{failed[0][1]}; and {len(failed) - 1} more tasks cannot be read: {others}") \
+            from failed[0][1]
 
 
 def evaluate_workdir(workdir: str, config, log=print) -> dict:

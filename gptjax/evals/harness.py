@@ -6,9 +6,14 @@ installed gptjax-lm-eval.pth registers it when lm-eval loads its model table; se
 
     lm_eval --model gptjax --model_args workdir=runs/shakespeare --tasks lambada_openai
 
-`python -m gptjax.evals.harness ...` is the same command line with the model registered by this import, for an
-environment where the .pth is not installed (gptjax on PYTHONPATH). From Python:
-`lm_eval.simple_evaluate(model="gptjax", model_args="workdir=DIR", ...)`.
+`python -m gptjax.evals.harness ...` is the same command line with the model registered by this module, for an
+environment where the .pth is not installed (gptjax on PYTHONPATH); it runs as well where the .pth is. From Python,
+after `import gptjax.evals.harness` (or with the .pth installed): `lm_eval.simple_evaluate(model="gptjax",
+model_args="workdir=DIR", ...)`.
+
+The name is registered the one way the .pth registers it, as the lazy target `gptjax.evals.harness:GptjaxLM`
+(`lm_eval_hook.register`), and only where it is missing: lm-eval 0.4.13 refuses a second registration of a
+different target, and under `python -m` this file runs as `__main__`, whose class is not the one lm-eval loads.
 model_args: workdir (required), tokens_per_batch (rows per batch x bucket length, default 4096).
 """
 
@@ -16,10 +21,11 @@ import sys
 
 import lm_eval.models  # noqa: F401  lm-eval's own table first: registering into an empty one would hide it
 from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
+from lm_eval.api.registry import model_registry
+
+from gptjax.evals import lm_eval_hook
 
 
-@register_model("gptjax")
 class GptjaxLM(LM):
     def __init__(self, workdir: str, tokens_per_batch: int = 4096, batch_size=None, max_batch_size=None,
                  device=None, **unused):
@@ -53,6 +59,9 @@ class GptjaxLM(LM):
             until = [until] if isinstance(until, str) else list(until)
             reqs.append((context, tuple(until), int(kwargs.get("max_gen_toks", 256))))
         return self.scorer.generate_until(reqs)
+
+
+lm_eval_hook.register(model_registry)  # a no-op where the .pth registered it when lm_eval.models loaded
 
 
 def cli():

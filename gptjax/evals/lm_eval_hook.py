@@ -16,7 +16,9 @@ NAME, TARGET = "gptjax", "gptjax.evals.harness:GptjaxLM"
 
 
 def register(registry) -> None:
-    """Adds `gptjax` to lm-eval's model registry (`lm_eval.api.registry.model_registry`) unless it is there."""
+    """Adds `gptjax` to lm-eval's model registry (`lm_eval.api.registry.model_registry`) unless it is there. The
+    harness module calls it too, so the name has one target however it was registered first (lm-eval 0.4.13 raises
+    on a second registration of a different target)."""
     if NAME not in registry:
         registry.register(NAME, target=TARGET)
 

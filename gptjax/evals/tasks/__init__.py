@@ -4,7 +4,8 @@ Shipped offline: GPT-3's synthetic probes (arithmetic_2da ... arithmetic_5ds, ar
 anagrams1, anagrams2, random_insertion, reversed_words), three held-out-Shakespeare tasks (shakespeare_last_word,
 shakespeare_next_line, shakespeare_genre) and the in-context learning probe (icl_mapping, option items=2). The
 standard benchmarks (lambada, hellaswag, piqa, arc_easy, arc_challenge, winogrande, storycloze, boolq, copa,
-triviaqa) read local files (`path=`) or TFDS (`gptjax/evals/tasks/benchmarks.py`).
+triviaqa) read local files (`path=`) or an already prepared TFDS dataset; nothing is downloaded
+(`gptjax/evals/tasks/benchmarks.py`).
 """
 
 import functools

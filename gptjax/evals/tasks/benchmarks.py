@@ -5,7 +5,9 @@ Give the evaluation file as `path=` and optionally a demonstration file as `demo
 come from the evaluation file, never the example itself):
 `hellaswag:path=hellaswag_val.jsonl,demos=hellaswag_train.jsonl`.
 Without `path`, the task reads TFDS dataset `tfds=` (default below) split `split=` (and `demo_split=`) from
-`data_dir=` or TFDS's default directory. Formats:
+`data_dir=` or TFDS's default directory, where it must already be prepared. Nothing here downloads: a missing file
+or an unprepared dataset is a DataError that names it and where the benchmark's release file comes from (`RELEASES`).
+Formats:
 
   lambada        LAMBADA (OpenAI's jsonl): {"text"}; the last word is the cloze target.
   hellaswag      HellaSwag jsonl: {"ctx_a", "ctx_b", "activity_label", "endings", "label"}.
@@ -46,6 +48,28 @@ BENCHMARKS = {
 }
 
 
+# Where each benchmark's release files come from, for the error that a file or a prepared dataset is missing.
+RELEASES = {
+    "lambada": "OpenAI's lambada_test.jsonl, https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl",
+    "hellaswag": "hellaswag_val.jsonl and hellaswag_train.jsonl, https://github.com/rowanz/hellaswag/tree/master/data",
+    "piqa": "valid.jsonl and valid-labels.lst, https://yonatanbisk.com/piqa/data/",
+    "arc_easy": "ARC-Easy/ARC-Easy-Test.jsonl and -Train.jsonl in "
+                "https://ai2-public-datasets.s3.amazonaws.com/arc/ARC-V1-Feb2018.zip",
+    "arc_challenge": "ARC-Challenge/ARC-Challenge-Test.jsonl and -Train.jsonl in "
+                     "https://ai2-public-datasets.s3.amazonaws.com/arc/ARC-V1-Feb2018.zip",
+    "winogrande": "dev.jsonl in https://storage.googleapis.com/ai2-mosaic/public/winogrande/winogrande_1.1.zip",
+    "storycloze": "the 2016 validation csv of the Story Cloze Test, on request at "
+                  "https://cs.rochester.edu/nlp/rocstories/",
+    "boolq": "dev.jsonl, https://github.com/google-research-datasets/boolean-questions",
+    "copa": "val.jsonl in https://dl.fbaipublicfiles.com/glue/superglue/data/v2/COPA.zip",
+    "triviaqa": "qa/wikipedia-dev.json in https://nlp.cs.washington.edu/triviaqa/data/triviaqa-rc.tar.gz",
+}
+
+
+def _release(name: str) -> str:
+    return f"{name}'s release file: {RELEASES[name]}; docs/evals.md lists every benchmark's files"
+
+
 class _Row(dict):
     """A record; a missing field is a DataError naming the file, the record and the field."""
 
@@ -57,10 +81,16 @@ class _Row(dict):
         raise DataError(f"{self.where}: missing field {key!r}")
 
 
-def _read_rows(path: str) -> list[_Row]:
+def _check_file(name: str, path: str) -> str:
+    """`path` with ~ expanded; a DataError naming it and where the benchmark's file comes from if it is missing."""
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
-        raise DataError(f"no such file: {path}")
+        raise DataError(f"no such file: {path} ({_release(name)})")
+    return path
+
+
+def _read_rows(path: str) -> list[_Row]:
+    path = os.path.expanduser(path)
     with open(path, encoding="utf-8") as f:
         if path.endswith(".csv"):
             return [_Row(r, f"{path} row {i + 2}") for i, r in enumerate(csv.DictReader(f))]
@@ -110,13 +140,27 @@ def _from_tfds(name: str, r: dict) -> dict:
 
 
 def _read_tfds(name: str, tfds_name: str, split: str, data_dir: str) -> list[_Row]:
+    """The split of a TFDS dataset that is already prepared (array_record) under `data_dir` or TFDS's default
+    directory. Nothing is downloaded or built: TFDS would try the network for minutes and leave temporary
+    directories behind, so a dataset that is not there is a DataError before TFDS is asked for it."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
-        raise DataError(f"task {name}: give path= (tensorflow-datasets is not installed)") from e
+        raise DataError(f"task {name}: give the benchmark's file as path= (tensorflow-datasets is not installed; "
+                        f"{_release(name)})") from e
+    root = data_dir or tfds.core.constants.DATA_DIR
+    # NAME[/CONFIG][:VERSION]: a prepared version folder holds dataset_info.json (no `**`: epath refuses it on GCS).
+    dataset_dir = files.path(root) / tfds_name.replace(":", "/")
+    prepared = dataset_dir.is_dir() and any(any(dataset_dir.glob(pattern)) for pattern in (
+        "dataset_info.json", "*/dataset_info.json", "*/*/dataset_info.json"))
+    if not prepared:
+        raise DataError(f"task {name}: TFDS dataset {tfds_name!r} is not prepared in {root} (gptjax downloads "
+                        f"nothing); give the benchmark's file as path= ({_release(name)}), or prepare the dataset "
+                        f"once where TensorFlow is installed: `tfds build {tfds_name} --data_dir={root} "
+                        f"--file_format=array_record`")
     try:
-        source = tfds.data_source(tfds_name, split=split, data_dir=data_dir or None)
-    except Exception as e:  # not prepared, not registered, no such split: TFDS raises several types
+        source = tfds.data_source(tfds_name, split=split, data_dir=root, download=False)
+    except Exception as e:  # not registered, no such split, another file format: TFDS raises several types
         raise DataError(f"task {name}: cannot read TFDS {tfds_name!r} split {split!r} ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]}); prepare it, or give the benchmark's file as path=") from e
     return [_Row(_from_tfds(name, _decode(r)), f"tfds {tfds_name}[{split}] record {i}") for i, r in enumerate(source)]
@@ -202,10 +246,13 @@ def benchmark(name: str, path: str = "", demos: str = "", labels: str = "", demo
     kind, tfds_name, default_split, default_demo_split = BENCHMARKS[name]
 
     def load(file, labels_file, tfds_split):
-        rows = _read_rows(file) if file else _read_tfds(name, tfds or tfds_name, tfds_split, data_dir)
+        if file:
+            rows = _read_rows(_check_file(name, file))
+        else:
+            rows = _read_tfds(name, tfds or tfds_name, tfds_split, data_dir)
         lab = None
         if labels_file:
-            with open(os.path.expanduser(labels_file)) as f:
+            with open(_check_file(name, labels_file), encoding="utf-8") as f:
                 lab = [ln.strip() for ln in f if ln.strip()]
         return [to_example(name, r, lab, i) for i, r in enumerate(rows)]
 
