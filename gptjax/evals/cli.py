@@ -30,6 +30,7 @@ import numpy as np
 from absl import flags
 
 from gptjax import files
+from gptjax.configs import smoke
 from gptjax.errors import ConfigError, DataError, GptjaxError
 
 # The default config is inside the package (an installed gptjax has no experiments/): the synthetic probes.
@@ -63,6 +64,11 @@ def main(f=None) -> dict:
     workdirs = [w for w in (f.workdir or "").split(",") if w] or list(config.workdirs)
     if not workdirs:
         raise ConfigError("--workdir: give one or more workdirs (comma-separated), or set workdirs in the config")
+    if smoke.enabled():
+        with config.unlocked():
+            config.limit = min(config.limit or smoke.EVAL_EXAMPLES, smoke.EVAL_EXAMPLES)
+            config.seeds = tuple(config.seeds)[:1]
+        smoke.announce(f"{config.limit} examples per task, seed {config.seeds[0]}")
     return run(workdirs, config, output_dir=f.output_dir)
 
 
