@@ -21,7 +21,7 @@ from gptjax.finetune import heads, lora, run, tasks, transforms
 from gptjax.model import GPT, ModelConfig
 from gptjax.tokenizer import CharTokenizer
 from gptjax.trainer import Trainer
-from helpers import gptjax_subprocess, metrics_by_step
+from helpers import gptjax_in_process, gptjax_subprocess, metrics_by_step, one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENRE = os.path.join(ROOT, "experiments", "finetune", "genre.py")
@@ -298,7 +298,7 @@ def test_bad_records_name_the_file_and_line(tmp_path):
 
 
 def test_a_tfds_name_that_does_not_exist_is_one_line(tmp_path):
-    with pytest.raises(DataError, match="finetune.source: no TFDS dataset named 'glue_no_such/sst2'"):
+    with pytest.raises(DataError, match="finetune.source: unknown tfds dataset 'glue_no_such/sst2'"):
         ft_data.read_tfds("glue_no_such/sst2", "train", str(tmp_path))
 
 
@@ -439,6 +439,11 @@ def test_tfds_records_map_feature_names_to_fields(tmp_path):
     np.testing.assert_array_equal(enc.labels, [0, 1])
     with pytest.raises(DataError, match="tfds:sst2_standin\\[train\\] record 0: no field 'premise'"):
         ft_data.encode_classification(recs, tok, glue.get_config("task=mnli").finetune, S, 16)
+    f = glue.get_config("task=mnli").finetune  # its validation split is validation_matched, which sst2 has not
+    f.update(source="tfds:sst2_standin", data_dir=data_dir)
+    with pytest.raises(DataError, match=r"^finetune.tfds_val_split: TFDS dataset 'sst2_standin' has no split "
+                                        r"'validation_matched' \(it has train, validation\)$"):
+        ft_data.records(f, "validation")
 
 
 def test_sample_template_comes_from_the_instruction_tuned_workdir(tmp_path):
@@ -450,3 +455,95 @@ def test_sample_template_comes_from_the_instruction_tuned_workdir(tmp_path):
     checkpoint.write_config(str(tmp_path / "cls"), _config())
     with pytest.raises(DataError, match="--template: .* is not an instruction-tuned run"):
         ft_data.saved_template(str(tmp_path / "cls"))
+
+
+# --- a field the run computes from others never replaces a value given on the command line ----------------------
+
+
+def _experiment(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", "finetune", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_steps_given_on_the_command_line_is_the_run_length():
+    """genre.py and glue.py size the run by epochs (finetune.epochs) and warm up over a fraction of it: a
+    --config.train.steps or --config.optim.warmup_steps from the command line is used as given instead (the saved
+    config then says epochs 0 / fraction 0); both a field and what sets it is one line."""
+    def steps(overrides, name="genre", arg=None, num_train=8000):
+        c = _experiment(name).get_config(arg)
+        for key, value in overrides.items():
+            section, field = key.split(".")
+            c[section][field] = value
+        c = configs.finalize(c, overridden=overrides)  # as `gptjax train` does with the --config.* overrides
+        run._check_given(c)
+        run._set_steps(c, num_train)
+        return c.train.steps, c.optim.warmup_steps, c.finetune.epochs, c.finetune.warmup_fraction
+
+    assert steps({}) == (750, 2, 3.0, 0.002)  # 3 epochs of 8000 passages in batches of 32
+    assert steps({"train.steps": 3}) == (3, 1, 0.0, 0.002)
+    assert steps({"train.steps": 3}, "glue", "task=sst2") == (3, 1, 0.0, 0.002)
+    assert steps({"optim.warmup_steps": 7}) == (750, 7, 3.0, 0.0)
+    assert steps({"finetune.epochs": 1.0}) == (250, 1, 1.0, 0.002)
+    assert steps({}, arg="steps=40") == (40, 1, 0.0, 0.002)  # the experiment's own argument
+    for both in ({"train.steps": 3, "finetune.epochs": 1.0},
+                 {"optim.warmup_steps": 3, "finetune.warmup_fraction": 0.1}):
+        with pytest.raises(ConfigError, match="given together with finetune.*, which sets it; give one of them"):
+            steps(both)
+    c = _experiment("genre").get_config()
+    c.train.steps = 3
+    c = configs.finalize(c)  # a config built in code, not on the command line: epochs still decide
+    run._set_steps(c, 8000)
+    assert c.train.steps == 750
+
+
+def test_finetune_experiments_refuse_what_they_would_not_use(capsys, tmp_path):
+    """Both train.steps and finetune.epochs given, and sample.* (read by pretraining only), are one line each."""
+    for name in ("genre", "genre_lora", "glue", "imdb", "instruct"):
+        one_line_error(capsys, "--config.sample.max_new_tokens: no such key in the config", "train",
+                       f"--config={ROOT}/experiments/finetune/{name}.py", f"--workdir={tmp_path / name}",
+                       "--config.sample.max_new_tokens=5")
+    one_line_error(capsys, "gptjax: error: train.steps: given together with finetune.epochs=2.0, which sets it; give "
+                   "one of them", "train", f"--config={GENRE}", f"--workdir={tmp_path / 'w'}",
+                   "--config.train.steps=3", "--config.finetune.epochs=2",
+                   "--config.finetune.source=jsonl")  # were it not refused: a DataError (no file), not a whole run
+    assert not os.listdir(tmp_path)
+
+
+def _jsonl(path, rows):
+    with open(path, "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["genre.py", "genre_lora.py", "glue.py:task=sst2", "instruct.py"])
+def test_train_steps_on_the_command_line_sets_the_steps_the_run_trains(experiment, capsys, tmp_path):
+    """`gptjax train --config=experiments/finetune/X --config.train.steps=2` trains 2 steps (the experiments' own
+    lengths: genre 3 epochs = 75 steps here, instruct 300), from a tiny pretrained workdir."""
+    from tests import rl_fixtures
+
+    rl_fixtures.policy_workdir(tmp_path / "pre", rl_fixtures.plays_alphabet())
+    args = [f"--config={ROOT}/experiments/finetune/{experiment}", f"--workdir={tmp_path / 'run'}",
+            f"--config.train.init_from={tmp_path / 'pre'}", "--config.train.steps=2",
+            "--config.checkpoint.async_save=False"]
+    if experiment.startswith("genre"):
+        args.append("--config.finetune.passage_chars=4000")  # about 800 training and 150 validation passages
+    if experiment.startswith("glue"):  # sst2's fields in JSONL (the TFDS reader has its own tests)
+        rows = [{"sentence": w * (i % 5 + 1), "label": i % 2} for i, w in enumerate(["a fine play ", "dull "] * 40)]
+    if experiment.startswith("instruct"):  # a template in the tiny model's characters
+        rows = [{"prompt": f"Say {w}.", "response": w} for w in ("ay", "no", "hark", "anon") * 20]
+        args.append("--config.finetune.template=Q: {prompt} A: ")
+    if experiment.startswith(("glue", "instruct")):
+        args += ["--config.finetune.source=jsonl", f"--config.finetune.train_path={_jsonl(tmp_path / 't.jsonl', rows)}",
+                 f"--config.finetune.val_path={_jsonl(tmp_path / 'v.jsonl', rows[:16])}"]
+    status, out, err = gptjax_in_process(capsys, "train", *args)
+    assert status == 0, err[-3000:]
+    run_dir = tmp_path / "run"
+    assert sorted(metrics_by_step(str(run_dir))) == [2]  # logged every 10 or 50 steps, and at the last
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["2"]
+    saved = json.load(open(run_dir / "config.json"))
+    assert saved["train"]["steps"] == 2 and saved["finetune"]["epochs"] == 0

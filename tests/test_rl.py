@@ -235,6 +235,15 @@ def test_bad_options_are_one_line(capsys, workdirs, tmp_path):
                    "--config.rl.stage=grpo", "--config.rl.group_size=1")
     one_line_error(capsys, "rl.response_tokens: a rollout of 16 prompt + 60 response tokens is longer than the "
                    "model's context of 64", *base, "--config.rl.response_tokens=60")
+    # What the stage would replace or never read is refused rather than ignored: train.batch_size (ppo updates on
+    # rl.minibatch rows) and sample.* (read by pretraining only).
+    one_line_error(capsys, "train.batch_size: ppo sets it to rl.minibatch, the rows of one update; set "
+                   "rl.minibatch=32", *base, "--config.train.batch_size=8")
+    one_line_error(capsys, "--config.sample.prompt: no such key in the config", *base, "--config.sample.prompt=x")
+    # Accumulation cannot split a minibatch of 24 rows into 16 micro-batches (the step's reshape would fail).
+    one_line_error(capsys, "rl.minibatch: 24 must divide the 48 rows of a batch and be a multiple of the 8 "
+                   "data-parallel shards times train.grad_accum_steps=16", *base, "--config.train.grad_accum_steps=16",
+                   "--config.rl.minibatch=24", "--config.rl.rollout_batch=48")
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
@@ -322,3 +331,25 @@ def test_resumed_ppo_equals_a_straight_run(workdirs, monkeypatch):
         assert resumed[k] == pytest.approx(straight[k], rel=1e-5, abs=1e-7), k
     a = metrics_by_step(root / "ppo", "kl_coef")
     assert a[2] != a[1]  # the controller moved, so restoring it mattered
+
+
+@pytest.mark.slow
+def test_train_steps_on_the_command_line_sets_the_steps_of_every_genre_stage(workdirs, capsys, tmp_path):
+    """`gptjax train --config=experiments/rlhf/genre_{rm,ppo,grpo,dpo}.py --config.train.steps=3`, shrunk, in the
+    order the stages need each other: each trains 3 steps (their own lengths are 100, 80, 80 and 150)."""
+    root = workdirs
+    arg = f"policy={root / 'pre'},judge={root / 'judge'},rm={tmp_path / 'genre_rm'}"
+    common = ["--config.train.steps=3", "--config.checkpoint.async_save=False", "--config.rl.prompt_tokens=8",
+              "--config.rl.response_tokens=8", "--config.rl.probe_prompts=8"]
+    rollouts = ["--config.rl.minibatch=8", "--config.rl.epochs=1"]
+    stages = {"genre_rm": ["--config.rl.num_prompts=16", "--config.rl.num_responses=3"],
+              "genre_ppo": [*rollouts, "--config.rl.rollout_batch=8"],
+              "genre_grpo": [*rollouts, "--config.rl.rollout_batch=4"],
+              "genre_dpo": []}
+    for name, flags in stages.items():
+        workdir = tmp_path / name
+        status, _, err = gptjax_in_process(capsys, "train", f"--config=experiments/rlhf/{name}.py:{arg}",
+                                           f"--workdir={workdir}", *common, *flags)
+        assert status == 0, (name, err[-3000:])
+        assert max(metrics_by_step(str(workdir))) == 3, name  # train_loss is logged every 5 steps and at the last
+        assert sorted(os.listdir(workdir / "checkpoints")) == ["3"], name

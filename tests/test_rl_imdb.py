@@ -1,6 +1,7 @@
 """experiments/rlhf/imdb_sentiment.py and its judge config experiments/finetune/imdb.py on a few local rows written as
 TFDS `imdb_reviews` itself (its features, config plain_text, splits train/test/unsupervised), read back through
-TFDS's registered imdb builder as a user with the real data would."""
+TFDS's registered imdb builder as a user with the real data would; and, where the dataset is not prepared, the one
+line each of their commands ends in (TFDS never asked to download)."""
 
 import importlib.util
 import os
@@ -15,6 +16,8 @@ from gptjax.finetune import transforms
 from gptjax.rl import data as rl_data
 from gptjax.rl import run as rl_run
 from gptjax.tokenizer import CharTokenizer
+from tests import rl_fixtures
+from tests.helpers import gptjax_in_process, metrics_by_step, one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [("I loved every minute of this film.", 1), ("A dull, lifeless mess.", 0), ("Great acting, great story.", 1),
@@ -31,10 +34,9 @@ def _load(*parts):
     return module
 
 
-@pytest.fixture(scope="module")
-def imdb_dir(tmp_path_factory):
-    """A TFDS data dir holding `imdb_reviews/plain_text/1.0.0` in array_record, written by a builder that is TFDS's
-    imdb builder with local rows in place of the download."""
+def _imdb_standin(data_dir, train, test, unsupervised):
+    """Writes `imdb_reviews/plain_text/1.0.0` in array_record under `data_dir`, by a builder that is TFDS's imdb
+    builder with these rows in place of the download."""
     import tensorflow_datasets as tfds
     from tensorflow_datasets.datasets.imdb_reviews import imdb_reviews_dataset_builder as imdb
 
@@ -47,15 +49,24 @@ def imdb_dir(tmp_path_factory):
                 supervised_keys=("text", "label"), disable_shuffling=True)
 
         def _split_generators(self, dl_manager):
-            return {"train": self._rows(TRAIN), "test": self._rows(TEST), "unsupervised": self._rows(UNSUPERVISED)}
+            return {"train": self._rows(train), "test": self._rows(test), "unsupervised": self._rows(unsupervised)}
 
         def _rows(self, rows):
             for i, (text, label) in enumerate(rows):
                 yield i, {"text": text, "label": label}
 
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
     ImdbStandin(data_dir=data_dir, file_format="array_record").download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+
+
+@pytest.fixture(scope="module")
+def imdb_dir(tmp_path_factory):
+    """A TFDS data dir holding the stand-in `imdb_reviews` of TRAIN, TEST and UNSUPERVISED."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.datasets.imdb_reviews import imdb_reviews_dataset_builder as imdb
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    _imdb_standin(data_dir, TRAIN, TEST, UNSUPERVISED)
     real = imdb.Builder(data_dir=str(tmp_path_factory.mktemp("empty"))).info.features
     assert repr(tfds.builder("imdb_reviews", data_dir=data_dir).info.features) == repr(real)
     assert real["label"].names == ["neg", "pos"]
@@ -123,3 +134,78 @@ def test_judge_config_encodes_imdb_rows_with_its_labels(imdb_dir):
     np.testing.assert_array_equal(val.labels, [1, 0])
     with pytest.raises(DataError, match=r"tfds:imdb_reviews\[unsupervised\] record 0: label '-1' is not one of"):
         ft_data.encode_classification(ft_data.read_tfds("imdb_reviews", "unsupervised", f.data_dir), tok, f, S, 16)
+
+
+# --- a dataset that is not prepared ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_downloads(monkeypatch):
+    """Nothing reaches the network and no TFDS dataset is built: gptjax only reads prepared data."""
+    import socket
+
+    import tensorflow_datasets as tfds
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
+
+
+UNPREPARED = [("finetune/imdb.py:data_dir={d}", "finetune.source", "imdb_reviews"),
+              ("finetune/glue.py:task=imdb --config.finetune.data_dir={d}", "finetune.source", "imdb_reviews"),
+              ("finetune/glue.py:task=sst2 --config.finetune.data_dir={d}", "finetune.source", "glue/sst2")] + [
+              (f"rlhf/imdb_sentiment.py:stage={stage},data_dir={{d}}", "rl.prompts", "imdb_reviews")
+              for stage in ("reward", "ppo", "dpo", "grpo")]
+
+
+@pytest.mark.parametrize("command,key,name", UNPREPARED, ids=[c.split()[0].format(d="") for c, _, _ in UNPREPARED])
+def test_a_dataset_that_is_not_prepared_is_one_line_saying_how_to_prepare_it(command, key, name, capsys, tmp_path,
+                                                                              no_downloads):
+    """Each documented command on a TFDS data dir without the dataset: one line naming the dataset, the data dir and
+    the command that prepares it, before any model is loaded (the rlhf stages' starting models do not exist here)."""
+    d = tmp_path / "tfds"
+    d.mkdir()
+    config, *flags = command.format(d=d).split()
+    err = one_line_error(capsys, f"gptjax: error: {key}: tfds dataset {name!r} is not prepared in {d}; ", "train",
+                         f"--config={ROOT}/experiments/{config}", f"--workdir={tmp_path / 'run'}", *flags)
+    assert f"tfds build {name} --data_dir={d} --file_format=array_record" in err
+    assert not os.listdir(d) and not os.path.exists(tmp_path / "run")
+
+
+# --- every command of the example, with --config.train.steps ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_steps_on_the_command_line_sets_the_steps_of_each_imdb_command(tmp_path_factory, capsys):
+    """The example's commands in its order (the judge by imdb.py, glue.py:task=imdb, then each rlhf stage) from a
+    tiny char-level 'GPT-2' on a stand-in imdb_reviews of 16 reviews: --config.train.steps=3 is the steps each run
+    trains (the experiments' own lengths: 1 epoch = 1 step, 3 epochs = 2 steps, 200 or 300 steps)."""
+    root = tmp_path_factory.mktemp("imdb_steps")
+    words = ["loved", "hated", "great", "dull", "witty", "awful", "moving", "boring"]
+    rows = [(f"A {words[i % 8]} film; the {words[(i * 3) % 8]} ending, scene {i}.", i % 2) for i in range(20)]
+    data_dir = str(root / "tfds")
+    _imdb_standin(data_dir, rows[:16], rows[16:], UNSUPERVISED)
+    rl_fixtures.policy_workdir(root / "gpt2", rl_fixtures.plays_alphabet())
+    steps = ["--config.train.steps=3", "--config.checkpoint.async_save=False"]
+    probe = "--config.rl.probe_prompts=8"  # of the 16 reviews, 8 are held out for evaluation
+    small = [probe, "--config.rl.minibatch=8", "--config.rl.epochs=1"]
+    stage = f"policy={root / 'gpt2'},judge={root / 'imdb'},rm={root / 'imdb_rm'},data_dir={data_dir}"
+    commands = {
+        "imdb": ["finetune/imdb.py:data_dir=" + data_dir, f"--config.train.init_from={root / 'gpt2'}"],
+        "imdb_glue": ["finetune/glue.py:task=imdb", f"--config.train.init_from={root / 'gpt2'}",
+                      f"--config.finetune.data_dir={data_dir}"],
+        "imdb_rm": [f"rlhf/imdb_sentiment.py:stage=reward,{stage}", probe],
+        "imdb_ppo": [f"rlhf/imdb_sentiment.py:stage=ppo,{stage}", *small, "--config.rl.rollout_batch=8"],
+        "imdb_dpo": [f"rlhf/imdb_sentiment.py:stage=dpo,{stage}", probe],
+        "imdb_grpo": [f"rlhf/imdb_sentiment.py:stage=grpo,{stage}", *small, "--config.rl.rollout_batch=4"],
+    }
+    for name, (config, *flags) in commands.items():
+        workdir = root / name
+        status, _, err = gptjax_in_process(capsys, "train", f"--config={ROOT}/experiments/{config}",
+                                           f"--workdir={workdir}", *steps, *flags)
+        assert status == 0, (name, err[-3000:])
+        assert max(metrics_by_step(str(workdir))) == 3, name  # train_loss is logged at the last step
+        assert sorted(os.listdir(workdir / "checkpoints")) == ["3"], name

@@ -7,7 +7,8 @@ loss (lambda 0.5). Training passages come from 32 plays, validation passages fro
   gptjax train --config=experiments/finetune/genre.py --workdir=runs/genre_scratch   # the control: from scratch
 
 From scratch the model is the default run's shape (4 x 256) with a BPE-2048 trained on the training passages.
-Optimiser: warmup then linear decay to 0 (GPT-1's schedule); `epochs` sets the length (steps=N overrides it).
+Optimiser: warmup then linear decay to 0 (GPT-1's schedule); `epochs` sets the length (the argument `steps=N`, or
+`--config.train.steps=N`, sets it instead).
 Argument: `genre.py:lora=8` trains rank-8 LoRA adapters and the head only (experiments/finetune/genre_lora.py).
 """
 
@@ -24,7 +25,7 @@ def get_config(arg=None):
     c.optim.update(lr=a.lr, min_lr=0.0, warmup_steps=0, weight_decay=0.01)
     c.eval.update(every_steps=100, batch_size=64)
     c.checkpoint.every_steps = 100
-    c.sample.max_new_tokens = 0
+    del c.sample  # read by pretraining only; `gptjax sample --workdir=...` samples from any workdir
     c.finetune = f = run.config_section()
     f.update(kind="classify", source="genre", task_type="classification", fields=("text",), label_field="label",
              labels=data.GENRES, lm_weight=0.5, epochs=0.0 if a.steps else a.epochs, warmup_fraction=0.002,

@@ -9,6 +9,9 @@ The dataset is a TFDS name or JSONL files with a mapping from its feature names 
   glue.py:task=copa   super_glue/copa multiple choice (premise, choice1, choice2)   label = index of the answer
   glue.py:task=imdb   imdb_reviews   classification  (text,)                       labels 0, 1
 JSONL instead of TFDS: --config.finetune.source=jsonl --config.finetune.train_path=F --config.finetune.val_path=F.
+The length is 3 epochs of the training split (--config.finetune.epochs=E), or --config.train.steps=N steps.
+A TFDS dataset is read without TensorFlow, so it must be prepared once as array_record where TensorFlow is installed
+(`tfds build glue/sst2 --file_format=array_record`; --config.finetune.data_dir=DIR if not in ~/tensorflow_datasets).
 
   gptjax train --config=experiments/finetune/glue.py:task=sst2 --workdir=runs/sst2 --config.train.init_from=DIR
 """
@@ -39,6 +42,7 @@ def get_config(arg=None):
     c.optim.update(lr=6.25e-5, min_lr=0.0, warmup_steps=0, weight_decay=0.01, b1=0.9, b2=0.999)
     c.eval.update(every_steps=500, batch_size=64)
     c.checkpoint.every_steps = 500
+    del c.sample  # read by pretraining only
     c.finetune = f = run.config_section()
     f.update(kind="classify", source=source, task_type=task_type, fields=fields, label_field="label", labels=labels,
              tfds_val_split=val_split, lm_weight=0.5, epochs=3.0, warmup_fraction=0.002, schedule="linear")

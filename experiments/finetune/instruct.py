@@ -22,6 +22,7 @@ def get_config(arg=None):
     c.optim.update(lr=a.lr if not a.lora else 1e-3, min_lr=0.0, warmup_steps=10, weight_decay=0.0)
     c.eval.update(every_steps=100, batch_size=32)
     c.checkpoint.every_steps = 100
+    del c.sample  # read by pretraining only; sample from <workdir>/model with `gptjax sample --template`
     c.finetune = f = run.config_section()
     f.update(kind="sft", source="plays", pack=a.pack, lora_rank=a.lora, schedule="linear")
     return c

@@ -15,4 +15,5 @@ def get_config(arg=None):
     c.eval.update(every_steps=25, batch_size=64)
     c.checkpoint.every_steps = 50
     c.rl.update(beta=a.beta, label_smoothing=a.smoothing)
+    del c.sample  # read by pretraining only
     return c

@@ -14,4 +14,5 @@ def get_config(arg=None):
     c.optim.update(lr=a.lr)
     c.eval.update(every_steps=10)
     c.rl.update(rollout_batch=16, group_size=a.group, epochs=2, minibatch=32, kl_coef=a.kl)
+    del c.sample  # read by pretraining only
     return c

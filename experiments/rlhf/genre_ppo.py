@@ -19,4 +19,5 @@ def get_config(arg=None):
     c.eval.update(every_steps=10)
     c.rl.update(rollout_batch=64, epochs=2, minibatch=32, kl_coef=a.kl, kl_target=a.kl_target,
                 kl_horizon=a.kl_horizon, ptx_coef=a.ptx, vf_coef=0.1, gamma=1.0, lam=0.95)
+    del c.sample  # read by pretraining only
     return c

@@ -19,4 +19,5 @@ def get_config(arg=None):
     c.eval.update(every_steps=25, batch_size=32)
     c.checkpoint.every_steps = 50
     c.rl.update(num_prompts=a.prompts, num_responses=4)
+    del c.sample  # read by pretraining only
     return c

@@ -58,7 +58,7 @@ def get_config(arg=None):
     c.optim.update(lr=a.lr, warmup_steps=10, weight_decay=0.0, min_lr=0.0)
     c.eval.every_steps = 20
     c.checkpoint.update(every_steps=50, keep=2)
-    c.sample.update(prompt="This movie", max_new_tokens=16, num_samples=4)
+    del c.sample  # read by pretraining only; sample with `gptjax sample --workdir=...`
     c.rl = r = run.config_section()
     r.update(stage=stage, judge_from=a.judge, judge_label=a.label, prompts="tfds:imdb_reviews", prompt_field="text",
              data_dir=a.data_dir, prompt_tokens=8, response_tokens=16, probe_prompts=64)

@@ -107,6 +107,9 @@ def finalize(config: ml_collections.ConfigDict, overridden=(), plan: bool = Fals
             keep = {k.removeprefix("model.") for k in overridden if k.startswith("model.")}
             presets.apply_preset(config.model, config.model.preset, keep)
             config.model.preset = ""
+        # The keys given on the command line: a run never computes its own value over one of these (fine-tuning's
+        # epochs -> train.steps, for example); config.json records them.
+        config.overridden = tuple(sorted(overridden))
         if smoke.enabled():
             smoke.shrink(config, plan=plan)
             m = config.model

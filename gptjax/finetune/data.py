@@ -24,18 +24,34 @@ from gptjax.finetune import transforms
 read_jsonl = files.read_jsonl  # (where, record) per line, where = 'FILE:LINE'
 
 
-def read_tfds(name: str, split: str, data_dir: str = "") -> list[tuple[str, dict]]:
-    """(where, record) for every record of a prepared TFDS dataset split, read without TensorFlow; bytes become
-    str. `where` is 'tfds:NAME[SPLIT] record I'."""
-    import tensorflow_datasets as tfds
+def tfds_source(name: str, split: str, data_dir: str = "", key: str = "finetune.source",
+                split_key: str | None = None):
+    """The array_record data source of `split` of TFDS dataset `name`, read without TensorFlow. Nothing is
+    downloaded: a dataset that TFDS knows but that is not prepared in `data_dir` (TFDS's default when empty), or is
+    stored in another format, is one DataError naming the dataset, the data dir and how to prepare it; `key` is the
+    config key that named the dataset, `split_key` the one that named the split."""
+    import types
+
+    from gptjax import data as pretrain_data
 
     try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise DataError(f"finetune.source: no TFDS dataset named {name!r}") from None
-    except (AssertionError, ValueError, FileNotFoundError) as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise DataError(f"finetune.source: TFDS dataset {name!r} split {split!r} cannot be read ({first})") from None
+        builder = pretrain_data._tfds_builder(name, types.SimpleNamespace(data_dir=data_dir))
+    except DataError as err:  # data.py's messages name data.source, the pretraining key; here another key named it
+        raise DataError(f"{key}:{str(err).removeprefix('data.source:')}") from None
+    try:
+        return builder.as_data_source(split=split)
+    except (KeyError, ValueError) as err:
+        if "split" not in str(err).lower():
+            raise
+        known = ", ".join(sorted(builder.info.splits)) or "none"
+        raise DataError(f"{split_key or key}: TFDS dataset {name!r} has no split {split!r} (it has {known})") from None
+
+
+def read_tfds(name: str, split: str, data_dir: str = "", key: str = "finetune.source",
+              split_key: str | None = None) -> list[tuple[str, dict]]:
+    """(where, record) for every record of a prepared TFDS dataset split (see `tfds_source`); bytes become str.
+    `where` is 'tfds:NAME[SPLIT] record I'."""
+    source = tfds_source(name, split, data_dir, key, split_key)
 
     def plain(v):
         return v.decode("utf-8") if isinstance(v, bytes) else (v.item() if isinstance(v, np.generic) else v)
@@ -96,6 +112,8 @@ def records(f, split: str) -> list[tuple[str, dict]]:
     """The records of `split` ('train' or 'validation') for the `finetune` config section `f`."""
     if f.source == "genre":
         return genre_records(split, f.passage_chars)
+    if f.source == "plays":
+        return sft_from_plays(split)
     if f.source == "jsonl":
         path = f.train_path if split == "train" else f.val_path
         if not path:
@@ -103,8 +121,10 @@ def records(f, split: str) -> list[tuple[str, dict]]:
             raise DataError(f"finetune.{key}: finetune.source=jsonl needs a file")
         return read_jsonl(path)
     if f.source.startswith("tfds:"):
-        return read_tfds(f.source[5:], f.tfds_train_split if split == "train" else f.tfds_val_split, f.data_dir)
-    raise DataError(f"finetune.source: {f.source!r} is not one of genre, jsonl, tfds:NAME[/CONFIG]")
+        split_key = "finetune.tfds_train_split" if split == "train" else "finetune.tfds_val_split"
+        return read_tfds(f.source[5:], f.tfds_train_split if split == "train" else f.tfds_val_split, f.data_dir,
+                         "finetune.source", split_key)
+    raise DataError(f"finetune.source: {f.source!r} is not one of genre, plays, jsonl, tfds:NAME[/CONFIG]")
 
 
 def field(where: str, rec: dict, key: str, config_key: str):

@@ -5,7 +5,6 @@ the classes) and writes `predictions.jsonl` (one line per validation example) at
 
 import json
 import math
-import os
 import time
 
 import jax
@@ -43,8 +42,10 @@ def config_section() -> ml_collections.ConfigDict:
     f.labels = ()  # the label set (string forms); a label outside it is an error
     f.lm_weight = 0.5  # auxiliary LM loss weight (GPT-1's lambda); 0 turns it off
     f.truncate = True  # cut over-long examples by the documented rule (False: refuse them)
-    f.epochs = 0.0  # > 0: train.steps = ceil(epochs * train examples / batch) (rows when sft)
-    f.warmup_fraction = 0.0  # > 0: optim.warmup_steps = ceil(fraction * train.steps)
+    f.epochs = 0.0  # > 0: train.steps = ceil(epochs * train examples / batch) (rows when sft), unless train.steps is
+    #                 given on the command line (then that; giving both is an error)
+    f.warmup_fraction = 0.0  # > 0: optim.warmup_steps = ceil(fraction * train.steps), unless optim.warmup_steps is
+    #                          given on the command line (likewise)
     f.schedule = "cosine"  # cosine (optim's warmup-cosine) | linear (warmup then linear decay to 0, GPT-1)
     f.prompt_field = "prompt"  # sft
     f.response_field = "response"
@@ -72,22 +73,31 @@ def _check(config) -> None:
         raise ConfigError(f"finetune.lora_targets: {bad} are not among qkv, out, fc, proj")
 
 
+def given(config) -> frozenset:
+    """The dotted config keys set on the command line (`--config.KEY=VALUE`), as `configs.finalize` records them in
+    `config.overridden`: a value the run would otherwise compute from other fields (train.steps from
+    finetune.epochs) is the user's when given. Empty for a config built in code."""
+    return frozenset(config.get("overridden", None) or ())
+
+
 def _tokenizer_fingerprint(workdir: str):
-    d = os.path.join(workdir, "tokenizer")
-    if not os.path.isfile(os.path.join(d, "tokenizer.json")):
+    d = files.path(workdir) / "tokenizer"
+    if not (d / "tokenizer.json").is_file():
         return None
-    return load_tokenizer(workdir).fingerprint or sorted(os.listdir(d))
+    return load_tokenizer(workdir).fingerprint or sorted(p.name for p in d.iterdir())
 
 
 def _adopt(config, workdir: str) -> None:
-    """init_from: never this workdir (or inside it); a workdir resumed here must have the same tokenizer."""
+    """init_from: never this workdir (or inside it); a workdir resumed here must have the same tokenizer. Either may
+    be a URL (gs://...)."""
     from gptjax import train
 
-    source = os.path.abspath(config.train.init_from)
-    if os.path.abspath(workdir) == source or os.path.abspath(workdir).startswith(source + os.sep):
+    files.check_url(config.train.init_from, "train.init_from")
+    source, here = str(files.path(config.train.init_from)).rstrip("/"), str(files.path(workdir)).rstrip("/")
+    if here == source or here.startswith(source + "/"):
         raise ConfigError(f"train.init_from: {config.train.init_from} is (or holds) this run's workdir; fine-tune "
                           "into a new --workdir, the pretrained run is never written to")
-    if not os.path.isfile(os.path.join(source, checkpoint.CONFIG_FILE)):
+    if not (files.path(source) / checkpoint.CONFIG_FILE).exists():
         raise CheckpointError(f"train.init_from: {config.train.init_from} is not a gptjax workdir (no config.json)")
     here, there = _tokenizer_fingerprint(workdir), _tokenizer_fingerprint(source)
     if here is not None and here != there:
@@ -112,11 +122,27 @@ def _optimizer(config, task, steps: int):
     return task.optimizer(tx), sched
 
 
+def _check_given(config) -> None:
+    """A field the run computes from another is never computed over a value given on the command line; giving both
+    the field and the one it is computed from is refused."""
+    f, cli = config.finetune, given(config)
+    for field, source, value in (("train.steps", "finetune.epochs", f.epochs),
+                                 ("optim.warmup_steps", "finetune.warmup_fraction", f.warmup_fraction)):
+        if field in cli and source in cli and value > 0:
+            raise ConfigError(f"{field}: given together with {source}={value}, which sets it; give one of them")
+
+
 def _set_steps(config, num_train: int) -> None:
-    f, t = config.finetune, config.train
+    """train.steps from finetune.epochs and optim.warmup_steps from finetune.warmup_fraction, except where the
+    command line gave them: then the fraction or epochs is set to 0 in the saved config, which says what ran."""
+    f, t, cli = config.finetune, config.train, given(config)
     with config.unlocked():
+        if f.epochs > 0 and "train.steps" in cli:
+            f.epochs = 0.0
         if f.epochs > 0:
             t.steps = max(1, math.ceil(f.epochs * num_train / t.batch_size))
+        if f.warmup_fraction > 0 and "optim.warmup_steps" in cli:
+            f.warmup_fraction = 0.0
         if f.warmup_fraction > 0:
             config.optim.warmup_steps = math.ceil(f.warmup_fraction * t.steps)
 
@@ -147,15 +173,17 @@ def _load_pretrained(config, init_from: str, abstract, num_new: int, kind: str, 
 def train_and_evaluate(config, workdir: str) -> dict:
     t_start = time.time()
     _check(config)
+    _check_given(config)
+    files.check_url(workdir)  # before any work: an unusable URL is one line, never a local folder named "gs:"
     f = config.finetune
+    recs = {split: ft_data.records(f, split) for split in ("train", "validation")}  # bad data stops here
     if config.train.init_from:
         _adopt(config, workdir)
         tokenizer = load_tokenizer(workdir)
     else:
-        recs = ft_data.records(f, "train") if f.source != "plays" else ft_data.sft_from_plays("train")
         key = f.fields[0] if f.kind == "classify" else f.prompt_field
         tokenizer = build_tokenizer(config.data, workdir, lambda: [str(r.get(key, "")) + "\n" + str(
-            r.get(f.response_field, "")) for _, r in recs])
+            r.get(f.response_field, "")) for _, r in recs["train"]])
     base_vocab = config.model.vocab_size or tokenizer.vocab_size
     if base_vocab < tokenizer.vocab_size:
         raise ConfigError(f"model.vocab_size: {base_vocab} is smaller than the tokenizer's {tokenizer.vocab_size}")
@@ -163,17 +191,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mesh = sharding.make_mesh(config.mesh.shape)
     trainer.check_batch_sizes(config, mesh)
     pi, pc = jax.process_index(), jax.process_count()
-
-    def read(split):
-        if f.source == "plays":
-            return ft_data.sft_from_plays(split)
-        return ft_data.records(f, split)
-
     lora = tasks.LoraSpec(f.lora_rank, f.lora_alpha, tuple(f.lora_targets)) if f.lora_rank else None
     if f.kind == "classify":
         specials = transforms.Specials.after(base_vocab)
         num_new = transforms.NUM_SPECIAL
-        train_enc, val_enc = (ft_data.encode_classification(read(s), tokenizer, f, specials, seq_len)
+        train_enc, val_enc = (ft_data.encode_classification(recs[s], tokenizer, f, specials, seq_len)
                               for s in ("train", "validation"))
         num_train = len(train_enc)
         C = train_enc.inputs.shape[1]
@@ -181,7 +203,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     else:
         num_new = 0 if tokenizer.eos_id is not None else 1
         eos = tokenizer.eos_id if tokenizer.eos_id is not None else base_vocab
-        train_rows, val_rows = (ft_data.sft_rows(ft_data.encode_sft(read(s), tokenizer, f, eos, seq_len), seq_len,
+        train_rows, val_rows = (ft_data.sft_rows(ft_data.encode_sft(recs[s], tokenizer, f, eos, seq_len), seq_len,
                                                  f.pack) for s in ("train", "validation"))
         num_train = len(train_rows["inputs"])
     with config.unlocked():
@@ -263,8 +285,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.close()
     if f.kind == "sft":
         export_model(config, workdir, task, loop.state.params, loop.step)
-    if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-        metrics.plot_loss_curve(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
+    if jax.process_index() == 0 and (files.path(workdir) / "metrics.jsonl").exists():
+        metrics.plot_loss_curve(files.path(workdir) / "metrics.jsonl", files.path(workdir) / "loss_curve.png")
     loop.last["wall_seconds"] = time.time() - t_start
     return loop.last
 
@@ -272,14 +294,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def export_model(config, workdir: str, task, params, step: int) -> str:
     """An instruction-tuned model as a plain gptjax workdir, `<workdir>/model/` (config, tokenizer, params-only
     checkpoint with any LoRA adapters merged), for `gptjax sample --workdir=<workdir>/model --template` and evals."""
-    out = os.path.join(workdir, "model")
+    out = str(files.path(workdir) / "model")
     merged = jax.jit(task.model_params)(params)
     checkpoint.write_config(out, config)
-    src, dst = os.path.join(workdir, "tokenizer"), os.path.join(out, "tokenizer")
-    if jax.process_index() == 0 and not os.path.exists(dst):
-        import shutil
-
-        shutil.copytree(src, dst)
+    src, dst = files.path(workdir) / "tokenizer", files.path(out) / "tokenizer"
+    if jax.process_index() == 0 and not dst.exists():
+        files.copytree(src, dst)
     checkpoint.save_params(out, merged, step)
     log(f"wrote the instruction-tuned model (adapters merged) to {out}")
     return out

@@ -19,11 +19,23 @@ from gptjax.errors import DataError
 from gptjax.finetune import data as ft_data
 
 
+def check_prompts(source: str, data_dir: str = "") -> None:
+    """Raises the DataError that reading `rl.prompts` would, before any model is loaded: a JSONL file that is not
+    there, or a TFDS dataset that is unknown, not prepared in `data_dir` or without a train split (nothing is
+    downloaded)."""
+    if source == "plays":
+        return
+    if source.startswith("tfds:"):
+        ft_data.tfds_source(source[5:], "train", data_dir, "rl.prompts")
+    elif not files.path(source).is_file():
+        raise DataError(f"rl.prompts: {source}: no such file (plays, a JSONL file of prompts, or tfds:NAME)")
+
+
 def read_prompts(source: str, split: str, field: str = "prompt", data_dir: str = "") -> list[str]:
     if source == "plays":
         return [r["text"] for _, r in ft_data.genre_records(split)]
     if source.startswith("tfds:"):
-        recs = ft_data.read_tfds(source[5:], split, data_dir)
+        recs = ft_data.read_tfds(source[5:], split, data_dir, "rl.prompts")
     else:
         recs = files.read_jsonl(source)
     out = []

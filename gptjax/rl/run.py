@@ -25,6 +25,7 @@ import numpy as np
 from gptjax import checkpoint, files, metrics, optimizer, sharding, trainer, workdirs
 from gptjax.errors import CheckpointError, ConfigError, DataError
 from gptjax.finetune import data as ft_data
+from gptjax.finetune.run import given
 from gptjax.model import GPT, ModelConfig
 from gptjax.rl import data as rl_data
 from gptjax.rl import losses, policy
@@ -91,6 +92,10 @@ def _check(config) -> None:
                           f"per prompt, got {r.group_size}")
     if r.stage in ("ppo", "grpo") and not r.reward_from:
         raise ConfigError(f"rl.reward_from: {r.stage} needs a reward-model workdir (rl.stage=reward)")
+    if r.stage in ("ppo", "grpo") and "train.batch_size" in given(config):
+        raise ConfigError(f"train.batch_size: {r.stage} sets it to rl.minibatch, the rows of one update; set "
+                          f"rl.minibatch={r.minibatch} (and rl.rollout_batch={r.rollout_batch}, the prompts of one "
+                          "iteration) instead")
     if r.stage in ("ppo", "grpo") and config.model.dropout:
         raise ConfigError(f"model.dropout: {r.stage} compares the policy with the one that sampled, so dropout must "
                           f"be 0, got {config.model.dropout}")
@@ -106,6 +111,12 @@ def _check(config) -> None:
         raise ConfigError("rl.comparisons: dpo needs comparisons (or rl.comparisons_from, a reward-stage workdir)")
 
 
+def _reads_prompts(config, workdir: str) -> bool:
+    """Whether the stage reads rl.prompts: every stage but a reward stage that has its comparisons."""
+    r = config.rl
+    return r.stage != "reward" or not (r.comparisons or (files.path(workdir) / "comparisons.jsonl").exists())
+
+
 def _check_context(config) -> None:
     r, max_len = config.rl, config.model.max_len
     if r.prompt_tokens + r.response_tokens > max_len:
@@ -114,10 +125,11 @@ def _check_context(config) -> None:
 
 
 def _mesh_checks(config, mesh, rows: int, minibatch: int) -> None:
-    dp = sharding.data_parallel_size(mesh)
-    if minibatch % dp or rows % minibatch:
+    dp, accum = sharding.data_parallel_size(mesh), config.train.grad_accum_steps
+    if minibatch % (dp * accum) or rows % minibatch:
+        times = f" times train.grad_accum_steps={accum}" if accum > 1 else ""
         raise ConfigError(f"rl.minibatch: {minibatch} must divide the {rows} rows of a batch and be a multiple of the "
-                          f"{dp} data-parallel shards")
+                          f"{dp} data-parallel shards{times}")
 
 
 def _same_tokenizer(workdir: str, other: str, key: str) -> None:
@@ -198,6 +210,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     t_start = time.time()
     _check(config)
     files.check_url(workdir)
+    if _reads_prompts(config, workdir):  # a prompt set that cannot be read stops here, before any model is loaded
+        rl_data.check_prompts(config.rl.prompts, config.rl.data_dir)
     source = workdirs.model_dir(config.train.init_from)
     with config.unlocked():
         config.train.init_from = source
@@ -485,7 +499,7 @@ def _policy(config, workdir, mesh, tokenizer) -> dict:
     _mesh_checks(config, mesh, rows, r.minibatch)
     updates = r.epochs * rows // r.minibatch
     with config.unlocked():
-        config.train.batch_size = r.minibatch  # what one optimizer update sees (check_batch_sizes, eval batches)
+        config.train.batch_size = r.minibatch  # the rows of one update: PPO-ptx's pretraining batches match them
     checkpoint.write_config(workdir, config)
     scorers = _scorers(config, workdir, model_cfg, mesh, tokenizer)
     model = GPT(model_cfg) if grpo else ScalarHeadGPT(model_cfg)

@@ -183,5 +183,5 @@ class PolicyUpdate:
             total, aux = total + self.ptx_coef * ptx, {**aux, "ptx_loss": ptx}
         return total, aux
 
-    def evaluate(self, model, params, batch) -> dict:  # policies are evaluated by rollouts (rl/policy.py::Probe)
+    def evaluate(self, model, params, batch) -> dict:  # policies are evaluated by rollouts (rl/policy.py::probe)
         return {}
