@@ -12,6 +12,9 @@ include lm-eval's own request building; the accuracies must agree.
 
   python benchmarks/eval_throughput.py                      # 124M and 4 x 128, 200 examples (800 requests)
   python benchmarks/eval_throughput.py --shapes=small --examples=400 --rounds=3
+
+Under GPTJAX_SMOKE=1 (benchmarks/common.py): the smallest shape asked for, shrunk to gptjax's smoke model, 4
+examples, one timed round.
 """
 
 import argparse
@@ -21,9 +24,12 @@ import statistics
 import tempfile
 import time
 
+import common  # benchmarks/common.py (imports gptjax before jax starts: quiet libtpu)
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gptjax.configs import smoke
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,7 +51,11 @@ doc_to_choice: "{{{{choices}}}}"
 target_delimiter: "\\n"
 metric_list:
   - metric: acc
+    aggregation: mean
+    higher_is_better: true
   - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
 """
 
 
@@ -59,7 +69,10 @@ def _tokenizer(out_dir):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=2048, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(list(data.shakespeare_plays().values()), trainer)
+    plays = list(data.shakespeare_plays().values())
+    if smoke.enabled():  # a few plays give a vocabulary as large, in a fraction of the time
+        plays = plays[:4]
+    tok.train_from_iterator(plays, trainer)
     tok.save(os.path.join(out_dir, "tokenizer.json"))
 
 
@@ -76,7 +89,7 @@ def _task_dir(root, n):
     return root
 
 
-def run(shape, examples, rounds, hf_batch, tokens_per_batch):
+def run(shape, model, examples, rounds, hf_batch, tokens_per_batch):
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -88,7 +101,7 @@ def run(shape, examples, rounds, hf_batch, tokens_per_batch):
     from gptjax.model import GPT, ModelConfig
 
     torch.set_num_threads(2)
-    cfg = ModelConfig(**SHAPES[shape])
+    cfg = ModelConfig(**model)
     params = jax.jit(lambda k: GPT(cfg).init(k, jnp.zeros((1, 8), jnp.int32))["params"])(jax.random.key(0))
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir, workdir, task_dir = (os.path.join(tmp, d) for d in ("hf", "workdir", "task"))
@@ -96,7 +109,8 @@ def run(shape, examples, rounds, hf_batch, tokens_per_batch):
         hf.save_hf_gpt2(params, cfg, hf_dir)
         _tokenizer(hf_dir)
         workdirs.import_hf(hf_dir, workdir)
-        manager = TaskManager(include_path=_task_dir(task_dir, examples))
+        # The local task only: indexing lm-eval's own thousands of task files takes half a minute.
+        manager = TaskManager(include_path=_task_dir(task_dir, examples), include_defaults=False)
         models = {
             "lm-eval hf (transformers)": HFLM(pretrained=hf_dir, device="cpu", batch_size=hf_batch, dtype="float32"),
             "lm-eval gptjax": GptjaxLM(workdir, tokens_per_batch=tokens_per_batch),
@@ -128,11 +142,16 @@ def main():
     parser.add_argument("--hf_batch", type=int, default=16)
     parser.add_argument("--tokens_per_batch", type=int, default=4096)
     args = parser.parse_args()
+    smoke_run = common.smoke_run("the smallest shape, shrunk to gptjax's smoke model, 4 examples, 1 timed round")
+    if smoke_run:
+        args.shapes = min(args.shapes.split(","), key=lambda s: SHAPES[s]["num_layers"] * SHAPES[s]["d_model"] ** 2)
+        args.examples, args.rounds = smoke.EVAL_EXAMPLES, 1
     print(f"jax {jax.__version__}, devices {jax.devices()}, {args.examples} examples x 4 choices")
     print(f"| shape | backend | requests/s (median of {args.rounds}) | min..max | ratio vs hf | accuracy |")
     print("|---|---|---:|---|---:|---|")
     for shape in args.shapes.split(","):
-        run(shape, args.examples, args.rounds, args.hf_batch, args.tokens_per_batch)
+        model = common.smoke_model(SHAPES[shape]) if smoke_run else SHAPES[shape]
+        run(shape, model, args.examples, args.rounds, args.hf_batch, args.tokens_per_batch)
 
 
 if __name__ == "__main__":

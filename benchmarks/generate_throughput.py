@@ -11,6 +11,9 @@ tokens, 32 new tokens each, time per new token.
   python benchmarks/generate_throughput.py                   # 124M and 4 x 128 shapes, batch 1 and 8, 3 rounds
   python benchmarks/generate_throughput.py --shapes=small --rounds=5
   python benchmarks/generate_throughput.py --positions       # per-token time up to the 1024-token context (124M)
+
+Under GPTJAX_SMOKE=1 (benchmarks/common.py): the smallest shape asked for (`--positions`: the small one), shrunk to
+gptjax's smoke model (context 64), the first batch size, 16 new tokens (4 per position), one round.
 """
 
 import argparse
@@ -24,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common  # benchmarks/common.py
 from gptjax import sampling
+from gptjax.configs import smoke
 from gptjax.convert import hf
 from gptjax.model import GPT, ModelConfig
 
@@ -56,14 +61,14 @@ def _variants(name, cfg, params):
 
     model = _torch_model(params, cfg)
 
-    def torch_generate(prompts, new=NEW):
+    def torch_generate(prompts, new):
         with torch.no_grad():
             out = model.generate(torch.as_tensor(prompts), attention_mask=torch.ones(prompts.shape, dtype=torch.long),
                                  max_new_tokens=new, do_sample=False, use_cache=True)
         return out[:, prompts.shape[1]:].numpy()
 
     def jax_generate(c, p):
-        def run(prompts, new=NEW):
+        def run(prompts, new):
             out = sampling.generate(c, p, prompts.tolist(), max_new_tokens=new, temperature=0.0)
             return np.stack([x.tokens for x in out])
 
@@ -77,29 +82,29 @@ def _variants(name, cfg, params):
     }
 
 
-def throughput(shapes, batches, rounds):
+def throughput(shapes: dict, batches, rounds, new):
     print(f"| shape | batch | variant | new tokens/s (median of {rounds}) | min..max | ratio vs transformers | "
           "greedy tokens = transformers |")
     print("|---|---:|---|---:|---|---:|---|")
-    for shape in shapes:
-        cfg = ModelConfig(**SHAPES[shape])
+    for shape, model in shapes.items():
+        cfg = ModelConfig(**model)
         params = GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
         params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
                               is_leaf=lambda x: hasattr(x, "unbox"))
         variants = _variants(shape, cfg, params)
         for batch in batches:
             prompts = np.random.default_rng(batch).integers(0, cfg.vocab_size, (batch, PROMPT))
-            outputs = {name: fn(prompts) for name, fn in variants.items()}  # warm up: compile, allocate
+            outputs = {name: fn(prompts, new) for name, fn in variants.items()}  # warm up: compile, allocate
             times = {name: [] for name in variants}
             for r in range(rounds):
                 order = list(variants)[r % len(variants):] + list(variants)[: r % len(variants)]
                 for name in order:
                     t = time.perf_counter()
-                    variants[name](prompts)
+                    variants[name](prompts, new)
                     times[name].append(time.perf_counter() - t)
-            ref = statistics.median(batch * NEW / t for t in times["transformers fp32"])
+            ref = statistics.median(batch * new / t for t in times["transformers fp32"])
             for name, ts in times.items():
-                rates = [batch * NEW / t for t in ts]
+                rates = [batch * new / t for t in ts]
                 same = np.array_equal(outputs[name], outputs["transformers fp32"])
                 agree = "-" if name.startswith("transformers") else ("yes" if same else
                         f"{(outputs[name] == outputs['transformers fp32']).mean():.0%} of tokens")
@@ -108,15 +113,15 @@ def throughput(shapes, batches, rounds):
                       flush=True)
 
 
-def positions(shape, rounds, new=32):
-    cfg = ModelConfig(**SHAPES[shape])
+def positions(shape, model: dict, rounds, new=32):
+    cfg = ModelConfig(**model)
     params = GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
                           is_leaf=lambda x: hasattr(x, "unbox"))
     variants = {k: v for k, v in _variants(shape, cfg, params).items() if "bf16" not in k}
     print(f"| prompt tokens | positions decoded | " + " | ".join(f"{n} ms/token" for n in variants) + " |")
     print("|---:|---|" + "---:|" * len(variants))
-    for p in (32, 512, cfg.max_len - new):
+    for p in sorted({min(x, cfg.max_len - new) for x in (32, 512, cfg.max_len - new)}):  # 32, 512, 992
         prompts = np.random.default_rng(p).integers(0, cfg.vocab_size, (1, p))
         row = []
         for name, fn in variants.items():
@@ -141,12 +146,22 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--positions", action="store_true")
     args = parser.parse_args()
+    shapes = {name: SHAPES[name] for name in args.shapes.split(",")}
+    new, positions_shape, positions_new = NEW, "124m", 32
+    smoke_run = common.smoke_run("the smallest shape, shrunk to gptjax's smoke model, one batch size, 16 new tokens "
+                                 "(4 per position), 1 round")
+    if smoke_run:
+        name = min(shapes, key=lambda s: SHAPES[s]["num_layers"] * SHAPES[s]["d_model"] ** 2)
+        shapes = {name: common.smoke_model(SHAPES[name])}
+        args.batches, args.rounds = args.batches.split(",")[0], 1
+        new, positions_shape, positions_new = smoke.NEW_TOKENS, "small", 4
     print(f"# jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; prompt {PROMPT}, "
-          f"{NEW} new tokens, greedy; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", file=sys.stderr)
+          f"{new} new tokens, greedy; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", file=sys.stderr)
     if args.positions:
-        positions("124m", args.rounds)
+        model = SHAPES[positions_shape]
+        positions(positions_shape, common.smoke_model(model) if smoke_run else model, args.rounds, positions_new)
     else:
-        throughput(args.shapes.split(","), [int(b) for b in args.batches.split(",")], args.rounds)
+        throughput(shapes, [int(b) for b in args.batches.split(",")], args.rounds, new)
 
 
 if __name__ == "__main__":

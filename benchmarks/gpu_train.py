@@ -14,7 +14,10 @@ matmul parameter plus attention scores) over the stated bf16 dense peak of the d
   python benchmarks/gpu_train.py --nanogpt=PATH/TO/nanoGPT                 # all variants, 2 rounds
   python benchmarks/gpu_train.py --variants=gptjax:cudnn,gptjax:reference   # no peer needed
 
-PATH/TO/nanoGPT is a checkout of github.com/karpathy/nanoGPT (only its model.py is imported).
+PATH/TO/nanoGPT is a checkout of github.com/karpathy/nanoGPT (only its model.py is imported). Without a GPU the
+script stops at once with one line that says so (two of the three variants are CUDA programs); the CPU comparison
+is benchmarks/train_throughput.py. Under GPTJAX_SMOKE=1 (benchmarks/common.py), on a GPU: gptjax's smoke model (the
+shape shrunk as `gptjax train` shrinks it, the peer built the same), one round of 2 timed steps after 1.
 """
 
 import argparse
@@ -26,6 +29,9 @@ import sys
 import time
 
 import numpy as np
+
+import common  # benchmarks/common.py
+from gptjax.configs import smoke
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = dict(layers=12, heads=12, width=768, ctx=1024, vocab=50304)
@@ -127,6 +133,15 @@ def nanogpt_worker(args) -> dict:
                 device=torch.cuda.get_device_name(), versions=f"torch {torch.__version__}")
 
 
+def backend() -> str:
+    """jax's default backend, asked in a child process: a GPU client in this one would hold memory the variants
+    need."""
+    probe = subprocess.run([sys.executable, "-c", "import gptjax, jax; print(jax.default_backend())"], text=True,
+                           capture_output=True, env=dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false"))
+    lines = probe.stdout.split()
+    return lines[-1] if probe.returncode == 0 and lines else f"unknown ({probe.stderr.strip()[-300:]})"
+
+
 def run_child(variant: str, args) -> dict:
     cmd = [sys.executable, __file__, f"--child={variant}", f"--steps={args.steps}", f"--warmup={args.warmup}",
            f"--batch={args.batch}", f"--nanogpt={args.nanogpt}"]
@@ -147,11 +162,21 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--child", default="")
     args = p.parse_args()
+    if smoke.enabled():  # parent and children alike: the children build the shape from it
+        shape = common.smoke_shape(dict(SHAPE, batch=args.batch))
+        args.batch = shape.pop("batch")
+        SHAPE.update(shape)
     if args.child:
         kind, _, impl = args.child.partition(":")
         out = nanogpt_worker(args) if kind == "nanogpt" else gptjax_worker(impl, args)
         print(json.dumps(out))
         return
+    where = backend()
+    if where not in ("gpu", "cuda"):
+        sys.exit(f"gptjax: error: benchmarks/gpu_train.py needs an NVIDIA GPU, and jax runs on {where} here "
+                 "(benchmarks/train_throughput.py is the CPU comparison)")
+    if common.smoke_run("gptjax's smoke model, 1 round of 2 timed steps"):
+        args.rounds, args.steps, args.warmup = 1, 2, 1
     variants = args.variants.split(",")
     results = {v: [] for v in variants}
     for r in range(args.rounds):
@@ -161,8 +186,9 @@ def main():
     tokens = args.batch * SHAPE["ctx"] * args.steps
     first = next((v for v in variants if all("elapsed" in x for x in results[v])), None)
     device = results[first][0]["device"] if first else "(every variant failed)"
-    print(f"## GPT-2 124M training on {device} ({time.strftime('%Y-%m-%d')}): 12 x 768, context 1024, vocab 50,304, "
-          f"batch {args.batch}, bf16 compute, {args.rounds} rounds x {args.steps} timed steps (after {args.warmup})")
+    print(f"## GPT-2 124M training on {device} ({time.strftime('%Y-%m-%d')}): {SHAPE['layers']} x {SHAPE['width']}, "
+          f"context {SHAPE['ctx']}, vocab {SHAPE['vocab']:,}, batch {args.batch}, bf16 compute, {args.rounds} rounds x "
+          f"{args.steps} timed steps (after {args.warmup})")
     print(f"command: python benchmarks/gpu_train.py {' '.join(sys.argv[1:])}".rstrip())
     print("\n| variant | software | tokens/s (median) | min..max | vs nanoGPT | MFU | step ms | first step s | "
           "loss at the last step |")

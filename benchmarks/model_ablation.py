@@ -9,6 +9,7 @@ the first variant. Nothing is loaded from git: both implementations live in the 
   python benchmarks/model_ablation.py --shapes=default --variants=reference,attention_only,cpu_fused --steps=20
 
 XLA flags apply to the whole process: set XLA_FLAGS in the environment to ablate them (see train_throughput.py).
+Under GPTJAX_SMOKE=1 (benchmarks/common.py): the first shape, shrunk to gptjax's smoke model, 2 steps of each variant.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (benchmarks/common.py)
 import train_throughput as tt  # noqa: E402
 
 # variant -> (attention_impl, norm_impl, loss_impl)
@@ -59,6 +61,9 @@ def main():
     p.add_argument("--dtype", default="float32")
     p.add_argument("--steps", type=int, default=0, help="timed steps per variant (0: 40 baby, 8 6x384, 16 default)")
     args = p.parse_args()
+    smoke_run = common.smoke_run("the first shape, shrunk to gptjax's smoke model, 2 steps of each variant")
+    if smoke_run:
+        args.shapes, args.steps = args.shapes.split(",")[0], 2
     import jax
 
     variants = args.variants.split(",")
@@ -67,7 +72,7 @@ def main():
     print(f"command: python benchmarks/model_ablation.py {' '.join(sys.argv[1:])}".rstrip())
     train_tokens, _ = tt.load_corpus()
     for shape_name in args.shapes.split(","):
-        shape = tt.SHAPES[shape_name]
+        shape = common.smoke_shape(tt.SHAPES[shape_name]) if smoke_run else tt.SHAPES[shape_name]
         steps = args.steps or {"baby": 40, "6x384": 8}.get(shape_name, 16)
         batches = [tt.train_batch(train_tokens, s, shape["batch"], shape["ctx"]) for s in range(steps + 2)]
         runs = {v: build(v, shape, args.dtype, batches) for v in variants}

@@ -7,6 +7,10 @@ wall time (import, lowering and libtpu's compile) and the process's peak host me
 
 Each row is a command a user can type (printed above the table). Compile time depends on the machine's load: run
 it with nothing else on the cores. Needs libtpu (`pip install -e ".[tpu]"`).
+
+Under GPTJAX_SMOKE=1 (benchmarks/common.py): one row, the first one asked for (by default the cheapest, GPT-2 124M on
+v5e:2x2), its `gptjax plan` shrinking the model as every gptjax command does in a smoke run. libtpu's compile takes
+most of its 30-60 s even so.
 """
 
 import argparse
@@ -18,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import common  # benchmarks/common.py
 
 GPT2, GPT3 = "experiments/pretrain/gpt2_124m.py", "experiments/pretrain/gpt3.py"
 ACCUM4 = "--config.train.grad_accum_steps=4"
@@ -52,6 +58,7 @@ for _p in REMATS:
                                              f"--config.model.remat={_p}"])
 DEFAULT_ROWS = ["124m_v4", "124m_v5e", "xl", "6.7b", "175b_oom", "175b", "175b_noscan", "175b_maxtext",
                 "175b_maxtext_accum3", "175b_v5e8", *(f"remat_{p}" for p in REMATS)]
+SMOKE_ROW = "124m_v5e"  # the cheapest plan (4 chips, batch 16)
 
 GiB = 1024**3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the rows' config paths are relative to it
@@ -122,7 +129,7 @@ HEADER = ("| config | topology (chips) | mesh (data, fsdp, tensor) | state per c
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated row names (--list)")
+    p.add_argument("--rows", default="", help="comma-separated row names (--list); default: all, as in docs/plan.md")
     p.add_argument("--timeout", type=float, default=600, help="seconds per row (the issue's 10-minute bound)")
     p.add_argument("--out", default="", help="also write every report here as JSON")
     p.add_argument("--list", action="store_true")
@@ -131,7 +138,9 @@ def main():
         for name, (label, args) in ROWS.items():
             print(f"{name:16s} {label}\n{'':16s} gptjax plan {shlex.join(args)}")
         return
-    names = [n.strip() for n in a.rows.split(",") if n.strip()]
+    names = [n.strip() for n in (a.rows or ",".join(DEFAULT_ROWS)).split(",") if n.strip()]
+    if common.smoke_run("one row, planning gptjax's smoke model (`gptjax plan` inherits GPTJAX_SMOKE)"):
+        names = names[:1] if a.rows else [SMOKE_ROW]
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         sys.exit(f"plan_table: unknown rows {unknown}; --list shows them")

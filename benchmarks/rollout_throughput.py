@@ -36,6 +36,9 @@ public pieces (the iteration is a closure inside `_policy`); its first iteration
 While another program holds one of the two cores, transformers on 2 threads slows down 10-30x (its OpenMP threads
 spin at every barrier; 650 ms per decode step at batch 64), which says nothing about the libraries: read the
 `other load` column, and compare with `--torch_threads=1` on a loaded machine.
+
+Under GPTJAX_SMOKE=1 (benchmarks/common.py): the experiment's config shrunk as `gptjax train` shrinks it (a smaller
+model, 8 rollouts of 8 prompt and 8 response tokens, 4-row minibatches, one epoch), one round, one PPO iteration.
 """
 
 import argparse
@@ -53,7 +56,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common  # benchmarks/common.py
 from gptjax import optimizer, sampling, sharding
+from gptjax.configs import smoke
 from gptjax.convert import hf
 from gptjax.model import GPT, ModelConfig
 from gptjax.rl import losses, policy
@@ -74,6 +79,8 @@ def experiment_config():
     spec.loader.exec_module(mod)
     config = mod.get_config()
     config.model.vocab_size = VOCAB
+    if smoke.enabled():
+        smoke.shrink(config)
     return config
 
 
@@ -396,11 +403,16 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="also write the results here as JSON")
     args = parser.parse_args()
+    smoke_run = common.smoke_run("the experiment's config shrunk for a smoke run, 1 round, 1 PPO iteration")
+    if smoke_run:
+        args.rounds, args.ppo_iters = 1, 1
     import torch
     import transformers
 
     config = experiment_config()
     gj = Gptjax(config, args.seed)
+    if smoke_run:
+        args.rows = min(args.rows, gj.r.rollout_batch)
     tf = Transformers(gj, args.torch_threads)
     c = gj.cfg
     header = (f"# jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device), torch "

@@ -18,6 +18,9 @@ is shared, and torch's OpenMP threads slow down many times over when a core is t
   python benchmarks/train_throughput.py --shapes=baby --rounds=5
   python benchmarks/train_throughput.py --variants=jax:float32:none,jax:float32:onednn   # an XLA flag ablation
 
+Under GPTJAX_SMOKE=1 (benchmarks/common.py): the first shape, shrunk to gptjax's smoke model, one round of 2 timed
+steps after 1, every variant.
+
 A variant is `torch` or `jax:<compute dtype>:<flag set>`; flag sets are the keys of FLAG_SETS (`+` joins them).
 """
 
@@ -33,8 +36,11 @@ import time
 
 import numpy as np
 
+import common  # benchmarks/common.py
+from gptjax.configs import smoke
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = "/work/shared/data/tinyshakespeare.txt"
+DATA = os.path.join(REPO, "data", "shakespeare_char", "input.txt")  # nanoGPT's tinyshakespeare, in the repository
 
 SHAPES = {
     # name: layers, heads, width, context, batch, vocab, warmup steps (untimed), timed steps
@@ -311,6 +317,10 @@ def main():
         print(json.dumps(result))
         return
 
+    smoke_run = common.smoke_run("the first shape, shrunk to gptjax's smoke model, 1 round of 2 timed steps")
+    if smoke_run:
+        args.shapes = args.shapes.split(",")[0]
+        args.rounds, args.steps, args.warmup, args.val_batches = 1, 2, 1, 1
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         if v != "torch":
@@ -321,6 +331,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for shape_name in args.shapes.split(","):
             shape = dict(SHAPES[shape_name])
+            if smoke_run:
+                shape = common.smoke_shape(shape)
             if args.steps:
                 shape["steps"] = args.steps
             if args.warmup >= 0:
@@ -361,7 +373,9 @@ def run_variant(variant, shape_name, shape, init_dir, args):
     else:
         _, dtype, flag_set = variant.split(":")
         cmd += ["--framework", "jax", "--dtype", dtype]
-        env["XLA_FLAGS"] = xla_flags(flag_set)
+        # A smoke run keeps the caller's flags (the tests' cheap compiles) before the variant's own.
+        inherited = os.environ.get("XLA_FLAGS", "") if smoke.enabled() else ""
+        env["XLA_FLAGS"] = f"{inherited} {xla_flags(flag_set)}".strip()
     busy0, own0, t0 = machine_busy_seconds(), children_cpu_seconds(), time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
