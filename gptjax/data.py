@@ -42,6 +42,7 @@ import json
 import math
 import os
 import pathlib
+import re
 from collections.abc import Callable, Iterator
 
 import jax
@@ -218,9 +219,14 @@ def _tfds_builder(name: str, d):
             builder = make()
     except tfds.core.registered.DatasetNotFoundError as e:
         raise DataError(f"data.source: unknown tfds dataset {name!r}") from e
-    except ModuleNotFoundError as e:  # e.g. huggingface:NAME needs `datasets`
-        raise DataError(f"data.source: tfds dataset {name!r} needs the Python package {e.name!r} "
-                        f"(pip install {e.name})") from e
+    except ModuleNotFoundError as e:  # e.g. huggingface:NAME needs `datasets`; super_glue's builder, TensorFlow
+        named = re.search(r"No module named '([\w.]+)'", str(e))
+        package = e.name or (named.group(1).split(".")[0] if named else "")
+        if not package:
+            raise
+        root = d.data_dir or tfds.core.constants.DATA_DIR
+        raise DataError(f"data.source: tfds dataset {name!r} needs the Python package {package!r} here (pip install "
+                        f"{package}); or " + _tfds_prepare_hint(name, root, f"{root}/{name}")) from e
     except ValueError as e:  # read from files (a version was given) that are stored in another format
         if "does not match the file formats" not in str(e):
             raise

@@ -100,7 +100,7 @@ def import_hf(hf_dir: str, workdir: str) -> None:
     config.data.tokenizer = "hf"
     config.data.tokenizer_path = os.path.abspath(hf_dir)
     config.data.seq_len = min(config.data.seq_len, config.model.max_len)
-    config = configs.finalize(config)
+    config = configs.finalize(config, shrink=False)  # the weights are given: a smoke run imports them whole
     tokenizer.build_tokenizer(config.data, workdir, lambda: [])
     model_cfg = ModelConfig.from_config(config.model)
     if model_cfg.scan_layers:

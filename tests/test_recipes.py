@@ -123,6 +123,9 @@ def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
                              r"gs://allennlp-tensorflow-datasets/c4/en/3.0.1/.*tfds convert_format "
                              r"--dataset_version_dir=.*empty_tfds/c4/en/3.0.1 --out_file_format=array_record"),
         ("tfds:no_such_corpus", "data.source: unknown tfds dataset 'no_such_corpus'"),
+        # super_glue's builder imports TensorFlow before anything is read: name the package, not "None"
+        ("tfds:super_glue/copa", r"tfds dataset 'super_glue/copa' needs the Python package 'tensorflow' here .*"
+                                 r"tfds build super_glue/copa --data_dir=.*empty_tfds"),
     ]
     for source, message in cases:
         with pytest.raises(data.DataError, match=message) as err:

@@ -98,10 +98,12 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
-def finalize(config: ml_collections.ConfigDict, overridden=(), plan: bool = False) -> ml_collections.ConfigDict:
+def finalize(config: ml_collections.ConfigDict, overridden=(), plan: bool = False,
+             shrink: bool = True) -> ml_collections.ConfigDict:
     """Applies the model preset (if any), shrinks the config for a smoke run under GPTJAX_SMOKE=1 (`plan`: for
-    `gptjax plan`), and checks it; returns it locked. `overridden`: the dotted keys given on the command line
-    (`model.num_heads`, ...), which the preset leaves as they are."""
+    `gptjax plan`; `shrink=False` for a config that describes given weights, as import-hf's), and checks it; returns
+    it locked. `overridden`: the dotted keys given on the command line (`model.num_heads`, ...), which the preset
+    leaves as they are."""
     with config.unlocked():
         if config.model.preset:
             keep = {k.removeprefix("model.") for k in overridden if k.startswith("model.")}
@@ -110,7 +112,7 @@ def finalize(config: ml_collections.ConfigDict, overridden=(), plan: bool = Fals
         # The keys given on the command line: a run never computes its own value over one of these (fine-tuning's
         # epochs -> train.steps, for example); config.json records them.
         config.overridden = tuple(sorted(overridden))
-        if smoke.enabled():
+        if shrink and smoke.enabled():
             smoke.shrink(config, plan=plan)
             m = config.model
             smoke.announce(f"a smoke run: {config.train.steps} steps of {config.train.batch_size} x "
