@@ -284,13 +284,12 @@ class LogHook(Hook):
         self.flops_per_step = flops_per_step
         self.peak_flops = peak_flops_per_device and peak_flops_per_device * jax.device_count()
         self.running, self.pending = None, None
-        self.t_mark, self.paused_mark, self.steps_since = time.time(), 0.0, 0
+        self.t_mark, self.paused_mark = time.time(), 0.0
 
     def after_dispatch(self, loop):
         out = loop.outputs
         self.running = (out, 1) if self.running is None else (jax.tree.map(jnp.add, self.running[0], out),
                                                               self.running[1] + 1)
-        self.steps_since += 1
         self.flush(loop)  # the previous interval's metrics, now that this step is dispatched
 
     def __call__(self, loop):
@@ -304,11 +303,13 @@ class LogHook(Hook):
         values = {k: float(v) / n for k, v in jax.device_get(sums).items()}
         values["lr"] = float(loop.trainer.schedule(step - 1))
         finite_or_raise(step, values)
+        # The interval's n steps have finished when their metrics arrive (device_get waited for them), so the time
+        # since the last fetch, less the hooks' pauses, is theirs.
         elapsed = time.time() - self.t_mark - (loop.paused_seconds - self.paused_mark)
-        values["tokens_per_sec"] = self.tokens_per_step * self.steps_since / elapsed
+        values["tokens_per_sec"] = self.tokens_per_step * n / elapsed
         if self.peak_flops:
-            values["mfu"] = self.flops_per_step * self.steps_since / elapsed / self.peak_flops
-        self.t_mark, self.paused_mark, self.steps_since = time.time(), loop.paused_seconds, 0
+            values["mfu"] = self.flops_per_step * n / elapsed / self.peak_flops
+        self.t_mark, self.paused_mark = time.time(), loop.paused_seconds
         loop.last.update(values)
         loop.writer.write(step, values)
         extra = "".join(f" | {k} {v:.4f}" for k, v in values.items()
