@@ -4,6 +4,8 @@ import glob
 import importlib.util
 import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from gptjax import configs
@@ -60,6 +62,25 @@ def test_nanogpt_baby_config_is_exact():
     assert (c.optim.lr, c.optim.min_lr, c.optim.warmup_steps, c.optim.decay_steps) == (1e-3, 1e-4, 100, 2000)
     assert (c.optim.b2, c.optim.weight_decay, c.optim.clip_norm) == (0.99, 0.1, 1.0)
     assert (c.eval.every_steps, c.eval.steps, c.data.tokenizer) == (250, 20, "char")
+
+
+def test_gpt1_recipe_is_gpt1():
+    """GPT-1 had neither GPT-2's final LayerNorm nor its scaled residual init, and a 40,478-token vocabulary: the
+    tokenizer the recipe trains is that size, so the embedding has no unused rows (116.5M parameters)."""
+    from gptjax.model import GPT, ModelConfig, count_params
+
+    c = load(os.path.join(ROOT, "experiments/pretrain/gpt1.py")).get_config()
+    c.data.path = "books.txt"
+    c = configs.finalize(c)
+    m = c.model
+    assert (m.norm, m.final_norm, m.scale_residual_init, m.num_layers, m.d_model, m.max_len) == (
+        "post", False, False, 12, 768, 512)
+    assert c.data.vocab_size == m.vocab_size == 40478
+    model = GPT(ModelConfig.from_config(m))
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    assert round(count_params(params) / 1e6, 1) == 116.5
+    g2 = configs.finalize(load(os.path.join(ROOT, "experiments/pretrain/gpt2_124m.py")).get_config())
+    assert g2.model.scale_residual_init and g2.model.final_norm
 
 
 def test_gpt2_124m_recipe():

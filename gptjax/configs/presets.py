@@ -47,7 +47,8 @@ def apply_preset(model_cfg, name: str, keep=()) -> None:
     if name not in PRESETS:
         raise ConfigError(f"model.preset: {name!r} is not one of {', '.join(PRESETS)}")
     layers, d_model, heads, max_len, vocab, norm = PRESETS[name]
-    # GPT-2 added the final LayerNorm; GPT-1 (post-LN) has none
+    # GPT-2 added the final LayerNorm and the residual projections' 1/sqrt(2 * layers) init; GPT-1 (post-LN) has
+    # neither
     shape = dict(num_layers=layers, d_model=d_model, num_heads=heads, max_len=max_len, vocab_size=vocab, norm=norm,
-                 final_norm=norm == "pre")
+                 final_norm=norm == "pre", scale_residual_init=norm == "pre")
     model_cfg.update({k: v for k, v in shape.items() if k not in keep})
