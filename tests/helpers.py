@@ -39,3 +39,17 @@ def metrics_by_step(workdir, key="train_loss"):
         if key in row:
             out[row["step"]] = row[key]
     return out
+
+
+def gptjax_captured(*args):
+    """(exit status, stdout, stderr) of `gptjax ARGS` run in this process, its output captured here rather than by
+    capsys: for module-scoped fixtures, which cannot take capsys (tests/test_experiments.py)."""
+    import contextlib
+    import io
+
+    from gptjax import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main.main(["gptjax", *args])
+    return status, out.getvalue(), err.getvalue()

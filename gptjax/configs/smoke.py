@@ -7,12 +7,12 @@ tests/test_experiments.py), and how a user checks a config end to end before a l
     GPTJAX_SMOKE=1 gptjax train --config=experiments/finetune/genre.py --workdir=/tmp/smoke
 
 What shrinks (the config is otherwise as given, so a bad key or value fails as it would in the real run):
-train.steps to 2, the batch to 8 sequences (kept whole for `gptjax plan`, whose mesh must split it), every model to
-at most 2 layers and 8 heads of 16 dimensions, training sequences to 64 tokens (128 for plans; fine-tuning
-keeps its own), a trained sentencepiece
-vocabulary to 512 pieces, evaluation to one batch and 4 examples per task, sampling to 16 tokens, and the
-fine-tuning and RL sections' sizes (prompts, rollouts, minibatches, epochs). The shrunk config is what the workdir's
-config.json records; a run resumed without GPTJAX_SMOKE refuses it as a different model.
+train.steps to 2 (also for a fine-tuning run that counts epochs), the batch to 8 sequences (kept whole for
+`gptjax plan`, whose mesh must split it), every model to at most 4 layers and 8 heads of 16 dimensions, training
+sequences to 64 tokens (128 for plans; fine-tuning keeps its own), a trained sentencepiece vocabulary to 512 pieces,
+evaluation to one batch and 4 examples per task, sampling to 16 tokens, and the RL section's sizes (prompts,
+rollouts, minibatches of 8 rows, epochs). The shrunk config is what the workdir's config.json records; a run resumed
+without GPTJAX_SMOKE refuses it as a different model.
 """
 
 import math
@@ -22,7 +22,7 @@ import sys
 ENV = "GPTJAX_SMOKE"
 STEPS = 2
 BATCH = 8
-HEADS, HEAD_DIM, LAYERS = 8, 16, 2
+HEADS, HEAD_DIM, LAYERS = 8, 16, 4  # 4 layers: the default model's depth, which commands may name
 SEQ_LEN, PLAN_SEQ_LEN = 64, 128
 SPM_VOCAB = 512
 EVAL_EXAMPLES = 4
@@ -65,11 +65,15 @@ def shrink(c, plan: bool = False):
         _cap(c.sample, "num_samples", 1)
     if "finetune" in c:
         f = c.finetune
-        if "epochs" in f:
-            f.epochs = 0.0  # the step count is train.steps, not epochs of the data
+        if f.get("epochs", 0) > 0:  # the length was epochs of the data: two steps instead, as every smoke run
+            f.epochs = 0.0
+            t.steps = STEPS
+            e.every_steps, e.tasks_every_steps, k.every_steps = t.steps, t.steps, t.steps
     if "rl" in c:
         r = c.rl
-        for key, value in (("num_prompts", 16), ("rollout_batch", 8), ("minibatch", 4), ("epochs", 1),
+        # A minibatch of BATCH rows, as a training batch: it divides every rollout batch below (8 prompts, each
+        # with up to 2 responses) and splits over as many data-parallel devices as the batch does.
+        for key, value in (("num_prompts", 16), ("rollout_batch", 8), ("minibatch", BATCH), ("epochs", 1),
                            ("probe_prompts", 8), ("prompt_tokens", 8), ("response_tokens", 8), ("group_size", 2)):
             _cap(r, key, value)
     return c
