@@ -39,3 +39,11 @@ def metrics_by_step(workdir, key="train_loss"):
         if key in row:
             out[row["step"]] = row[key]
     return out
+
+
+def lm_trainer(config, mesh):
+    """The pretraining Trainer of `config` on `mesh`: what `gptjax train` builds for a config without sections."""
+    from gptjax.runs import pretrain
+    from gptjax.trainer import Trainer
+
+    return Trainer(config, mesh, *pretrain.planned(config))
