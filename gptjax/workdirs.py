@@ -61,8 +61,11 @@ def _tokenizer_fingerprint(workdir: str):
 def export_model(config, workdir: str, gpt_params, step: int, what: str = "the plain GPT") -> str:
     """The GPT of a run whose params carry more than the GPT (a head, adapters) as a plain gptjax workdir at
     `<workdir>/model`: config, tokenizer and a params-only checkpoint, which `gptjax sample`, `eval`, `inspect` and
-    `train.init_from` read when given `<workdir>` (`model_dir`)."""
+    `train.init_from` read when given `<workdir>` (`model_dir`). A rerun of a finished run finds its export there at
+    the same step and leaves it (the same params)."""
     out = str(files.path(workdir) / "model")
+    if (files.path(out) / checkpoint.CONFIG_FILE).exists() and checkpoint.latest_step(out) == step:
+        return out
     checkpoint.write_config(out, config)
     src, dst = files.path(workdir) / "tokenizer", files.path(out) / "tokenizer"
     if jax.process_index() == 0 and not dst.exists():

@@ -549,3 +549,20 @@ def test_train_steps_on_the_command_line_sets_the_steps_the_run_trains(experimen
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["2"]
     saved = json.load(open(run_dir / "config.json"))
     assert saved["train"]["steps"] == 2 and saved["finetune"]["epochs"] == 0
+
+
+def test_a_finished_run_rerun_keeps_its_exported_model(tmp_path):
+    """Rerunning the command of a finished run that exports its GPT (SFT, reward, PPO) reaches the export again at
+    the same step: it is left as it is (it used to stop with orbax's 'already exists' traceback); a later step is
+    written beside it."""
+    from gptjax import checkpoint, workdirs
+
+    c = configs.get_config()
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.json").write_text("{}")
+    params = {"w": np.ones((2, 3), np.float32)}
+    out = workdirs.export_model(c, str(tmp_path), params, 5)
+    again = workdirs.export_model(c, str(tmp_path), {"w": np.zeros((2, 3), np.float32)}, 5)
+    assert again == out and checkpoint.latest_step(out) == 5
+    workdirs.export_model(c, str(tmp_path), params, 7)
+    assert checkpoint.latest_step(out) == 7
