@@ -313,7 +313,7 @@ def test_resumed_ppo_equals_a_straight_run(workdirs, monkeypatch):
     """PPO with an adaptive KL controller, stopped after iteration 1 of 2 (as a kill would stop it, after the
     checkpoint) and resumed, gives the straight run's iteration-2 metrics (the controller's value is restored
     from the checkpoint, rollouts and minibatch orders are functions of the iteration)."""
-    from gptjax import trainer
+    from gptjax import loop as loop_lib
 
     root = workdirs
     if not (root / "ppo" / "metrics.jsonl").exists():  # the end-to-end test's straight run, when run alone
@@ -321,9 +321,9 @@ def test_resumed_ppo_equals_a_straight_run(workdirs, monkeypatch):
         _run("ppo", root, "ppo")
     straight = {k: v[2] for k, v in ((k, metrics_by_step(root / "ppo", k)) for k in
                                      ("train_loss", "kl", "kl_coef", "reward", "true_reward", "eval_kl"))}
-    real_loop = trainer.run_loop
+    real_loop = loop_lib.run_loop
     with monkeypatch.context() as m:  # the first process: its loop ends after iteration 1 of 2
-        m.setattr(trainer, "run_loop", lambda run, state, start, total, *a, **k: real_loop(run, state, start, 1, *a,
+        m.setattr(loop_lib, "run_loop", lambda run, state, start, total, *a, **k: real_loop(run, state, start, 1, *a,
                                                                                           **k))
         _run("ppo", root, "ppo_resumed")
     resumed = _run("ppo", root, "ppo_resumed")
