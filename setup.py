@@ -4,7 +4,7 @@ import os
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
-PTH = "gptjax-lm-eval.pth"  # registers the `gptjax` model with lm-eval's own CLI (gptjax/evals/lm_eval_hook.py)
+PTH = "gptjax-lm-eval.pth"  # registers the `gptjax` model with lm-eval's own CLI (gptjax/evals/lm_eval_registration.py)
 
 
 class BuildPyWithPth(build_py):

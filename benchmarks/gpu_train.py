@@ -4,7 +4,7 @@ against nanoGPT (`torch.compile`, its own `model.py`) on the same machine, in on
 Every variant trains the same shape as nanoGPT's `bench.py`: 12 layers x 768, 12 heads, context 1024, vocabulary
 50,304, batch 12, dropout 0, bf16 compute with fp32 master weights, AdamW (fused for nanoGPT, optax for gptjax),
 gradient clipping 1.0, on the same random token batches. gptjax runs the real `Trainer.train_step` of
-gptjax/train.py; nanoGPT runs forward under `torch.autocast(bfloat16)`, backward, `clip_grad_norm_`, step,
+gptjax/runs/pretrain.py; nanoGPT runs forward under `torch.autocast(bfloat16)`, backward, `clip_grad_norm_`, step,
 `zero_grad`. Each variant runs in its own process (jax and torch would share the GPU's memory otherwise), rounds
 alternate the variants, and both sides are timed the way their training loops run: dispatch every step, one
 synchronisation at the end. MFU is the same model-FLOPs formula for all (`gptjax.metrics.flops_per_token`: 6 per
@@ -47,8 +47,9 @@ def gptjax_worker(attention: str, args) -> dict:
     import jax
 
     from gptjax import configs, metrics, sharding
-    from gptjax.tasks import LanguageModeling
-    from gptjax.train import lm_trainer
+    from gptjax.objectives import LanguageModeling
+    from gptjax.runs.pretrain import planned
+    from gptjax.trainer import Trainer
 
     c = configs.get_config()
     c.model.update(num_layers=SHAPE["layers"], num_heads=SHAPE["heads"], d_model=SHAPE["width"],
@@ -59,7 +60,7 @@ def gptjax_worker(attention: str, args) -> dict:
     c.optim.update(lr=6e-4, warmup_steps=2, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0)
     config = configs.finalize(c)
     mesh = sharding.make_mesh(config.mesh.shape)
-    trainer = lm_trainer(config, mesh)
+    trainer = Trainer(config, mesh, *planned(config))
     state = trainer.init_state(config.seed)
     data = [LanguageModeling.from_windows(b) for b in batches(args.warmup + args.steps, args.batch, SHAPE["ctx"])]
     losses = []

@@ -36,15 +36,16 @@ def build(variant, shape, dtype, batches):
     import jax
 
     from gptjax import sharding
-    from gptjax.tasks import LanguageModeling
-    from gptjax.train import lm_trainer
+    from gptjax.objectives import LanguageModeling
+    from gptjax.runs.pretrain import planned
+    from gptjax.trainer import Trainer
 
     config = tt.jax_config(shape, dtype, 1000)
     attention, norm, loss = VARIANTS[variant]
     with config.unlocked():
         config.model.update(attention_impl=attention, norm_impl=norm, loss_impl=loss)
     mesh = sharding.make_mesh(config.mesh.shape)
-    trainer = lm_trainer(config, mesh)
+    trainer = Trainer(config, mesh, *planned(config))
     state = trainer.init_state(config.seed)  # same seed: the same weights for every variant
     with trainer.context():
         batches = [sharding.host_local_to_global(LanguageModeling.from_windows(b), mesh) for b in batches]

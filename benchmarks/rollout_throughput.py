@@ -1,4 +1,4 @@
-"""PPO rollout tokens per second: gptjax's rollout (gptjax/rl/policy.py `Rollouts.sample`, then the value head)
+"""PPO rollout tokens per second: gptjax's rollout (gptjax/rl/rollouts.py `Rollouts.sample`, then the value head)
 against the same loop written with transformers' `generate` and forward passes, same shapes and weights, in one
 process; and the steps per second of a whole PPO iteration at the experiment's shape (gptjax only).
 
@@ -63,7 +63,7 @@ from gptjax.convert import hf
 from gptjax.model import GPT, ModelConfig
 from gptjax.rl import losses, policy
 from gptjax.rl.models import ScalarHeadGPT
-from gptjax.rl.tasks import PolicyUpdate
+from gptjax.rl.objectives import PolicyUpdate
 from gptjax.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -2,7 +2,7 @@
 
 The peer is transformers' GPT2LMHeadModel (same n_layer / n_embd / n_head / n_positions / vocab, dropout 0) with
 torch.optim.AdamW in fp32 and torch.set_num_threads(2); its step is forward, loss, backward,
-clip_grad_norm_(1.0), step, zero_grad. gptjax runs the real `Trainer.train_step` of gptjax.train, built from
+clip_grad_norm_(1.0), step, zero_grad. gptjax runs the real `Trainer.train_step` of gptjax/runs/pretrain.py, built from
 experiments/pretrain/shakespeare_char.py with the shape overridden.
 
 Every variant runs in its own subprocess (XLA flags must be in the environment before jax is imported), one
@@ -145,13 +145,14 @@ def jax_worker(args, shape) -> dict:
     import jax
 
     from gptjax import metrics, sharding
-    from gptjax.tasks import LanguageModeling
-    from gptjax.train import lm_trainer
+    from gptjax.objectives import LanguageModeling
+    from gptjax.runs.pretrain import planned
+    from gptjax.trainer import Trainer
 
     total = shape["warmup"] + shape["steps"]
     config = jax_config(shape, args.dtype, total)
     mesh = sharding.make_mesh(config.mesh.shape)
-    trainer = lm_trainer(config, mesh)
+    trainer = Trainer(config, mesh, *planned(config))
     state = trainer.init_state(config.seed)
     if args.export_init:  # the peer's starting point
         from gptjax.convert import hf

@@ -6,6 +6,8 @@ write checkpoints there: `check_url` says which in one line before any work star
 refused: epath would treat it as a local folder named `scheme:`.
 """
 
+import contextlib
+import errno
 import importlib
 import importlib.util
 import io
@@ -20,6 +22,41 @@ from gptjax.errors import GptjaxError
 
 class FilesystemError(GptjaxError, ValueError):
     """A path or URL gptjax cannot use: an unknown scheme or a filesystem package that is not installed."""
+
+
+class WriteError(GptjaxError, OSError):
+    """A write the filesystem refused (no space left, read-only, no permission, a file in the way of a directory):
+    one line naming the path and the cause. Nothing written before it is deleted."""
+
+
+# errno -> what a user reads; anything else an OSError says is a bug or a fault to keep its traceback.
+_REFUSALS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+             errno.EROFS: "the filesystem is read-only", errno.EACCES: "permission denied",
+             errno.EPERM: "permission denied", errno.ENOTDIR: "a file is in the way of a directory",
+             errno.EEXIST: "a file is in the way of a directory"}
+
+
+def write_error(err: BaseException, p, what: str = "") -> WriteError | None:
+    """The one-line WriteError for `err` raised while writing `p` (`what`: "a checkpoint", "metrics.jsonl"...),
+    or None when `err` is not a filesystem refusal."""
+    cause = _REFUSALS.get(getattr(err, "errno", None))
+    if cause is None:
+        return None
+    hint = " (free some space and rerun the same command: it resumes)" if cause.startswith("no space") or \
+        "quota" in cause else ""
+    return WriteError(f"{p}: cannot write{' ' + what if what else ''}: {cause}{hint}")
+
+
+@contextlib.contextmanager
+def writing(p, what: str = ""):
+    """Turns a filesystem refusal inside the block into one WriteError line naming `p`; other errors pass."""
+    try:
+        yield
+    except OSError as err:
+        refused = write_error(err, p, what)
+        if refused is None:
+            raise
+        raise refused from err
 
 
 # Scheme -> the (module, pip package) pairs that reading and writing files there needs: epath reaches these

@@ -166,9 +166,9 @@ def _final_config(f, plan: bool = False):
 
 
 def _train(f):
-    from gptjax import train
+    from gptjax import runs
 
-    train.train_and_evaluate(_final_config(f), f.workdir)
+    runs.train(_final_config(f), f.workdir)
 
 
 def _sample(f):

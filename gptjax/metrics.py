@@ -27,6 +27,12 @@ PEAK_FLOPS = {
 }
 
 
+def log(*args) -> None:
+    """A progress line, printed by process 0 only."""
+    if jax.process_index() == 0:
+        print(*args, flush=True)
+
+
 def cpu_peak_flops() -> float:
     """The stated fp32 peak of the cores this process may use: cores x nominal GHz x FLOPs per cycle (two FMA
     units x 16 fp32 lanes x 2 with AVX-512, 32 with AVX2+FMA, else 8). Nothing is timed, so a busy machine

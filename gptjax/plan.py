@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from gptjax import kernels, metrics, sharding  # noqa: E402
 from gptjax.errors import ConfigError, GptjaxError  # noqa: E402
+from gptjax.model import ModelConfig  # noqa: E402
 
 GiB = 1024**3
 
@@ -224,22 +225,26 @@ def _suggestions(config, mesh, state_bytes: int, hbm: int) -> list[str]:
 
 
 def build_plan(config, topology: str, num_slices: int = 1, compile_: bool = True) -> dict:
-    """Compiles the train step of `config` (a finalized ConfigDict) for `topology`; returns the report as a dict
-    (`fits` says whether it fits; `format_report` prints it)."""
-    from gptjax import train
+    """Compiles the train step that `gptjax train` would run for `config` (a finalized ConfigDict: pretraining, or
+    the model and objective of its fine-tuning or RL stage) for `topology`; returns the report as a dict (`fits`
+    says whether it fits; `format_report` prints it)."""
+    from gptjax import runs, trainer
 
     config = _prepare(config)
+    kind = runs.module(config)
+    if hasattr(kind, "configure"):  # what the kind sets in its config before it trains
+        kind.configure(config)
     target = make_target(topology, num_slices)
     mesh = make_mesh(config.mesh.shape, target)
-    train.check_batch_sizes(config, mesh)
+    trainer.check_batch_sizes(config, mesh)
     t0 = time.time()
     with kernels.target_platform(target.platform):
-        run = train.lm_trainer(config, mesh)
+        run = trainer.Trainer(config, mesh, *runs.module(config).planned(config))
         state = run.abstract_state
-        example = run.task.example_batch()
+        example = run.objective.example_batch()
         batch = {k: jax.ShapeDtypeStruct((config.train.batch_size, *v.shape[1:]), v.dtype,
                                          sharding=sharding.batch_sharding(mesh, v.ndim)) for k, v in example.items()}
-        model_cfg = run.model.cfg
+        model_cfg = ModelConfig.from_config(config.model)
         params_bytes, opt_bytes = _tree_bytes(state.params), _tree_bytes(state.opt_state)
         grads_bytes = params_bytes  # gradients take the params' dtype and sharding
         n_params = sum(int(math.prod(x.shape)) for x in jax.tree.leaves(state.params))

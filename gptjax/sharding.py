@@ -71,8 +71,10 @@ def logical_shardings(abstract_boxed_tree, mesh: Mesh, rules):
     logical_specs = nn.get_partition_spec(abstract_boxed_tree)
     mesh_specs = nn.logical_to_mesh(logical_specs, rules)
     shapes = unbox_abstract(abstract_boxed_tree)
+    # optax's empty MaskedNode (the frozen part of a partitioned optimizer's state) passes through as it is: flax
+    # reads it, a NamedTuple, as a partition spec.
     return jax.tree.map(
-        lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)),
+        lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)) if hasattr(x, "shape") else x,
         mesh_specs,
         shapes,
         is_leaf=lambda s: isinstance(s, P),

@@ -1,17 +1,22 @@
-"""The training core that every trainer shares: sharded state, the jitted step with gradient accumulation,
-evaluation, resume, and the loop whose periodic work (log, eval, checkpoint, sample) is a list of hooks.
+"""The training core every kind of training shares (the kinds are gptjax/runs/*.py).
 
-What is trained comes in from outside: a Linen `model` and a `Task` (how to initialise the model from an example
-batch, the loss, the eval metrics). Pretraining is one task (`tasks.LanguageModeling`); fine-tuning, reward models
-and PPO bring their own model and task and reuse all of this (levanter `trainer.py`, nanodo `model_factory`).
-Batches are dicts of arrays whose first axis is the batch.
+A kind of training brings only what is its own: its data, its model and objective (loss and eval metrics), how to
+initialise from `train.init_from`, its validation and its extra hooks. The core does the rest:
+
+    mesh = trainer.start(config, workdir)       # the workdir URL, the platform, the mesh, batch sizes against it
+    ...                                         # the kind's data, model and objective
+    loop = trainer.Trainer(config, mesh, model, objective).fit(workdir, batches=..., validate=..., init=...)
+
+`Trainer` holds the sharded state (built from `eval_shape`, never whole on one host) and the jitted step with
+gradient accumulation. `Trainer.fit` owns the run: config compatibility and config.json, the checkpoint manager,
+the resume order (the workdir's latest checkpoint, else `init`, else scratch), the metric writer, the default hooks
+(log, eval, checkpoint with the preemption save; gptjax/loop.py) with the kind's own between them, the loop and the
+loss-curve plot. Batches are dicts of arrays whose first axis is the batch.
 """
 
 import contextlib
 import dataclasses
 import math
-import signal
-import time
 from typing import Any, Callable, Protocol
 
 import flax
@@ -21,12 +26,15 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gptjax import checkpoint, optimizer, sharding
-from gptjax.errors import ConfigError, TrainingError
+from gptjax import checkpoint, files, kernels, metrics, optimizer, sharding
+from gptjax import loop as loop_lib
+from gptjax.errors import ConfigError
+from gptjax.metrics import log
 
 
-class Task(Protocol):
-    """What a trainer trains. `batch` is a dict of arrays (tokens, targets, per-token loss weights, segment ids...)."""
+class Objective(Protocol):
+    """What a trainer minimises and reports. `batch` is a dict of arrays (tokens, targets, per-token loss weights,
+    segment ids...)."""
 
     def example_batch(self) -> dict:
         """One batch row (leading axis 1) with the shapes and dtypes of real batches: used to initialise."""
@@ -55,24 +63,25 @@ class TrainState:
 
 @dataclasses.dataclass
 class Trainer:
-    """The model, task, optimizer and jitted functions of one run, with the shardings they use."""
+    """The model, objective, optimizer and jitted functions of one run, with the shardings they use."""
 
     config: Any
     mesh: jax.sharding.Mesh
     model: nn.Module
-    task: Task
+    objective: Objective
     tx: optax.GradientTransformation | None = None  # default: optimizer.make_optimizer(config.optim, steps)
+    schedule: Callable[[int], Any] | None = None  # the learning rate logged at a step (default: the optimizer's)
 
     def __post_init__(self):
         c = self.config
         self.tx = self.tx or optimizer.make_optimizer(c.optim, c.train.steps)
-        self.schedule = optimizer.schedule(c.optim, c.train.steps)
+        self.schedule = self.schedule or optimizer.schedule(c.optim, c.train.steps)
         self.rules = sharding.hashable_rules(c.mesh.logical_axis_rules)
-        example = self.task.example_batch()
+        example = self.objective.example_batch()
 
         def init(rng):
             init_rng, train_rng = jax.random.split(rng)
-            params = self.task.init(self.model, init_rng, example)
+            params = self.objective.init(self.model, init_rng, example)
             return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), train_rng)
 
         self.abstract_state, self.state_shardings = sharding.abstract_state(
@@ -102,22 +111,22 @@ class Trainer:
         with self.context():
             return self._init(rng) if params is None else self._with_params(rng, params)
 
-    def restore_or_init(self, mngr, seed: int, init_params: Callable | None = None) -> tuple[TrainState, int]:
-        """Resume order: the latest complete checkpoint of `mngr`, else `init_params(abstract_params)` (fine-tuning
-        from another run), else scratch. Returns (state, first step to run)."""
+    def restore_or_init(self, mngr, seed: int, init: Callable | None = None) -> tuple[TrainState, int, dict | None]:
+        """Resume order: the latest complete checkpoint of `mngr`, else `init(abstract_params, fresh)` (fine-tuning
+        from another run; `fresh()` gives freshly initialised params), else scratch. Returns (state, first step to
+        run, the restored step's `data` item or None)."""
         step = mngr.latest_step()
         abstract = self.abstract_state
-        self.restored_data = None  # the restored step's `data` item (the data position, controller states...)
         if step is not None:
-            params, train, self.restored_data = checkpoint.restore(mngr, step, abstract.params, abstract.train_item())
-            return TrainState(train["step"], params, train["opt_state"], train["rng"]), int(step)
-        params = init_params(abstract.params) if init_params is not None else None
-        return self.init_state(seed, params), 0
+            params, train, data = checkpoint.restore(mngr, step, abstract.params, abstract.train_item())
+            return TrainState(train["step"], params, train["opt_state"], train["rng"]), int(step), data
+        params = init(abstract.params, lambda: self.init_state(seed).params) if init is not None else None
+        return self.init_state(seed, params), 0, None
 
     def _train_step(self, state: TrainState, batch: dict):
         accum = self.config.train.grad_accum_steps
         rng = jax.random.fold_in(state.rng, state.step)
-        grad_fn = jax.value_and_grad(lambda p, b, r: self.task.loss(self.model, p, b, r), has_aux=True)
+        grad_fn = jax.value_and_grad(lambda p, b, r: self.objective.loss(self.model, p, b, r), has_aux=True)
         if accum == 1:
             (loss, aux), grads = grad_fn(state.params, batch, rng)
         else:
@@ -142,7 +151,7 @@ class Trainer:
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
     def _eval_step(self, params, batch: dict):
-        return self.task.evaluate(self.model, params, batch)
+        return self.objective.evaluate(self.model, params, batch)
 
     def evaluate(self, params, batches) -> dict:
         """sum / count of each of the task's eval metrics over `batches` (host-local batch dicts)."""
@@ -153,6 +162,98 @@ class Trainer:
                 totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
         totals = jax.device_get(totals or {})
         return {k: float(s) / max(float(n), 1.0) for k, (s, n) in totals.items()}
+
+
+    def fit(self, workdir: str, *, batches: Callable[[int], dict] | None = None,
+            step_fn: Callable[[TrainState, int], tuple[TrainState, dict]] | None = None,
+            validate: Callable[[loop_lib.Loop], dict] | None = None, data_state: Callable[[int], dict] | None = None,
+            init: Callable | None = None, restore: Callable[[dict], None] | None = None, hooks: tuple = (),
+            tokens_per_step: int = 0, flops_per_step: float = 0.0, peak_flops: float | None = None,
+            title: str = "gptjax", describe: str = "") -> loop_lib.Loop:
+        """Trains (or resumes) the run in `workdir` to train.steps and returns the finished loop.
+
+        `batches(step)`: this process's rows of the global batch of `step`; or `step_fn(state, step)` for a loop
+        step that is more than one update (a PPO iteration). `validate(loop)`: dict of scalars at eval.every_steps.
+        `data_state(step)`: what the checkpoint's `data` item records (default: the step); `restore(data)` gets it
+        back on a resume. `init(abstract_params, fresh)`: the params of a run that starts from another
+        (`pretrained`). `hooks`: the kind's own, run after evaluation and before the checkpoint. `title` and
+        `describe` make the run's first line ("gptjax finetune: 3.75M params, <describe>, steps 0..300, ...")."""
+        c = self.config
+        checkpoint.check_compatible(workdir, c)
+        checkpoint.write_config(workdir, c)
+        mngr = checkpoint.manager(workdir, c.checkpoint)
+        state, start, data = self.restore_or_init(mngr, c.seed, init)
+        if start:
+            log(f"resumed from {workdir}/checkpoints/{start}")
+        elif init is not None:
+            log(f"initialised params from {c.train.init_from}")
+        if data is not None and restore is not None:
+            restore(data)
+        params = sum(int(math.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state.params))
+        log(f"{title}: {params / 1e6:.2f}M params, {describe + ', ' if describe else ''}steps {start}.."
+            f"{c.train.steps}, workdir {workdir}")
+        all_hooks = [loop_lib.LogHook(c.train.log_every_steps, tokens_per_step, flops_per_step, peak_flops)]
+        if validate is not None:
+            all_hooks.append(loop_lib.EvalHook(c.eval.every_steps, validate))
+        all_hooks += list(hooks)
+        all_hooks.append(loop_lib.CheckpointHook(c.checkpoint.every_steps, mngr,
+                                                 data_state or (lambda step: {"step": int(step)}), workdir))
+        writer = metrics.MetricWriter(workdir)
+        try:
+            loop = loop_lib.run_loop(self, state, start, c.train.steps, batches, all_hooks, writer, step_fn=step_fn)
+        finally:
+            writer.close()
+        if jax.process_index() == 0 and (files.path(workdir) / "metrics.jsonl").exists():
+            metrics.plot_loss_curve(files.path(workdir) / "metrics.jsonl", files.path(workdir) / "loss_curve.png")
+        return loop
+
+
+def start(config, workdir: str, check: Callable[[jax.sharding.Mesh], None] | None = None) -> jax.sharding.Mesh:
+    """The start of every kind of training, before any work: the workdir URL (an unusable one is one line, never a
+    local folder named "gs:"), the attention implementation against the platform, and the mesh, which the batch
+    sizes must divide over (after the kind's own `check(mesh)`, which can say it in the kind's terms). Returns the
+    mesh."""
+    files.check_url(workdir)
+    kernels.check_platform(config.model.attention_impl)
+    mesh = sharding.make_mesh(config.mesh.shape)
+    if check is not None:
+        check(mesh)
+    check_batch_sizes(config, mesh)
+    return mesh
+
+
+def pretrained(init_from: str, at: tuple = (), new_rows: int = 0) -> Callable:
+    """`init` for `Trainer.fit`: the params of the workdir `init_from` at the subtree `at` of fresh params (the
+    backbone under a head: ("gpt",), ("model", "gpt")), the rest fresh; with `new_rows`, the backbone's token
+    embedding grows by that many fresh rows (special tokens added for fine-tuning)."""
+
+    def init(abstract, fresh):
+        sub_abs = abstract
+        for k in at:
+            sub_abs = sub_abs[k]
+        if not at and not new_rows:
+            return checkpoint.load_params(init_from, abstract)
+        fresh_params = fresh()
+        sub_fresh = fresh_params
+        for k in at:
+            sub_fresh = sub_fresh[k]
+        if new_rows:
+            wte = sub_abs["wte"]
+            base = {**sub_abs, "wte": jax.ShapeDtypeStruct((wte.shape[0] - new_rows, *wte.shape[1:]), wte.dtype,
+                                                          sharding=wte.sharding)}
+            loaded = checkpoint.load_params(init_from, base)
+            grown = jax.jit(lambda new, old: new.at[:old.shape[0]].set(old), out_shardings=wte.sharding)(
+                sub_fresh["wte"], loaded["wte"])
+            loaded = {**loaded, "wte": grown}
+        else:
+            loaded = checkpoint.load_params(init_from, sub_abs)
+
+        def put(tree, path):
+            return loaded if not path else {**tree, path[0]: put(tree[path[0]], path[1:])}
+
+        return put(fresh_params, at)
+
+    return init
 
 
 def check_batch_sizes(config, mesh) -> None:
@@ -168,216 +269,3 @@ def check_batch_sizes(config, mesh) -> None:
         raise ConfigError(f"eval.batch_size: {eval_batch} does not divide over {dp} data-parallel shards")
     if mesh.shape["data"] * mesh.shape["fsdp"] % jax.process_count():
         raise ConfigError(f"mesh.shape: data x fsdp must be a multiple of the {jax.process_count()} processes")
-
-
-def log(*args) -> None:
-    if jax.process_index() == 0:
-        print(*args, flush=True)
-
-
-def finite_or_raise(step: int, values: dict) -> None:
-    bad = [k for k, v in values.items() if not math.isfinite(float(v))]
-    if bad:
-        raise TrainingError(
-            f"{', '.join(bad)} became {float(values[bad[0]])} by step {step}; the last saved checkpoint is kept. "
-            "Lower optim.lr, raise optim.warmup_steps or set optim.clip_norm"
-        )
-
-
-# --- the loop and its hooks ----------------------------------------------------------------------------------
-
-
-class Hook:
-    """Periodic work of the loop: `__call__` runs after steps that are multiples of `every` (0: never) and, when
-    `at_end`, after the last step. `after_dispatch` runs after every step, once the next step is dispatched (where
-    metrics of earlier steps can be fetched without stalling the device). `flush` finishes pending work, and
-    `check_finite` raises TrainingError if what the hook has seen went non-finite (before a checkpoint is saved)."""
-
-    every: int = 0
-    at_end: bool = True
-
-    def __call__(self, loop: "Loop") -> None:
-        pass
-
-    def after_dispatch(self, loop: "Loop") -> None:
-        pass
-
-    def flush(self, loop: "Loop") -> None:
-        pass
-
-    def check_finite(self, loop: "Loop") -> None:
-        pass
-
-    def close(self, loop: "Loop") -> None:
-        pass
-
-
-@dataclasses.dataclass
-class Loop:
-    """What hooks see: the trainer, the current state and step, the last step's outputs (device arrays), the
-    metric writer, and `last`, the latest value of every logged metric."""
-
-    trainer: Trainer
-    state: TrainState
-    step: int  # steps completed
-    total_steps: int
-    writer: Any
-    hooks: list
-    outputs: dict | None = None
-    last: dict = dataclasses.field(default_factory=dict)
-    paused_seconds: float = 0.0  # time spent in hooks (evaluation, checkpoints), left out of throughput
-
-    @contextlib.contextmanager
-    def paused(self):
-        t = time.time()
-        try:
-            yield
-        finally:
-            self.paused_seconds += time.time() - t
-
-    def write(self, values: dict) -> None:
-        self.last.update(values)
-        self.writer.write(self.step, values)
-
-    def flush(self) -> None:
-        for h in self.hooks:
-            h.flush(self)
-
-    def check_finite(self) -> None:
-        for h in self.hooks:
-            h.check_finite(self)
-
-
-def run_loop(trainer: Trainer, state: TrainState, start: int, total_steps: int, batch_fn: Callable[[int], dict] | None,
-             hooks: list, writer, step_fn: Callable[[TrainState, int], tuple[TrainState, dict]] | None = None) -> Loop:
-    """Steps `start` .. `total_steps` - 1 with `batch_fn(step)` (host-local batches), running the hooks. A loop step
-    that is more than one optimizer update (a PPO iteration: rollouts, then epochs of minibatches) passes
-    `step_fn(state, step) -> (state, outputs)` instead of `batch_fn`."""
-    loop = Loop(trainer, state, start, total_steps, writer, hooks)
-    try:
-        with trainer.context():
-            for step in range(start, total_steps):
-                if step_fn is not None:
-                    loop.state, loop.outputs = step_fn(loop.state, step)
-                else:
-                    batch = sharding.host_local_to_global(batch_fn(step), trainer.mesh)
-                    loop.state, loop.outputs = trainer.train_step(loop.state, batch)
-                loop.step = step + 1
-                for h in hooks:
-                    h.after_dispatch(loop)
-                for h in hooks:
-                    if (h.every and loop.step % h.every == 0) or (h.at_end and loop.step == total_steps):
-                        h(loop)
-            loop.flush()
-    finally:
-        for h in hooks:
-            h.close(loop)
-    return loop
-
-
-class LogHook(Hook):
-    """Train metrics: averaged over each `every`-step interval, fetched one step late so the device never waits,
-    checked for NaN/Inf, written (metrics.jsonl, TensorBoard) and printed with throughput and MFU."""
-
-    def __init__(self, every: int, tokens_per_step: int, flops_per_step: float, peak_flops_per_device: float | None):
-        self.every, self.tokens_per_step = every, tokens_per_step
-        self.flops_per_step = flops_per_step
-        self.peak_flops = peak_flops_per_device and peak_flops_per_device * jax.device_count()
-        self.running, self.pending = None, None
-        self.t_mark, self.paused_mark = time.time(), 0.0
-
-    def after_dispatch(self, loop):
-        out = loop.outputs
-        self.running = (out, 1) if self.running is None else (jax.tree.map(jnp.add, self.running[0], out),
-                                                              self.running[1] + 1)
-        self.flush(loop)  # the previous interval's metrics, now that this step is dispatched
-
-    def __call__(self, loop):
-        self.pending, self.running = (loop.step, *self.running), None
-
-    def flush(self, loop):
-        if self.pending is None:
-            return
-        step, sums, n = self.pending
-        self.pending = None
-        values = {k: float(v) / n for k, v in jax.device_get(sums).items()}
-        values["lr"] = float(loop.trainer.schedule(step - 1))
-        finite_or_raise(step, values)
-        # The interval's n steps have finished when their metrics arrive (device_get waited for them), so the time
-        # since the last fetch, less the hooks' pauses, is theirs.
-        elapsed = time.time() - self.t_mark - (loop.paused_seconds - self.paused_mark)
-        values["tokens_per_sec"] = self.tokens_per_step * n / elapsed
-        if self.peak_flops:
-            values["mfu"] = self.flops_per_step * n / elapsed / self.peak_flops
-        self.t_mark, self.paused_mark = time.time(), loop.paused_seconds
-        loop.last.update(values)
-        loop.writer.write(step, values)
-        extra = "".join(f" | {k} {v:.4f}" for k, v in values.items()
-                        if k not in ("train_loss", "grad_norm", "lr", "tokens_per_sec", "mfu"))
-        log(f"step {step:>6}/{loop.total_steps} | loss {values['train_loss']:.4f} | grad_norm "
-            f"{values['grad_norm']:.3f} | lr {values['lr']:.2e}{extra} | {values['tokens_per_sec']:,.0f} tok/s"
-            + (f" | mfu {100 * values['mfu']:.1f}%" if "mfu" in values else ""))
-
-    def check_finite(self, loop):
-        if self.running is not None:  # never save a state whose recent losses went non-finite
-            finite_or_raise(loop.step, jax.device_get({"train_loss": self.running[0]["train_loss"]}))
-
-
-class EvalHook(Hook):
-    """Every `every` steps and at the end: `evaluate(loop)` -> dict of scalars, written and printed."""
-
-    def __init__(self, every: int, evaluate: Callable[[Loop], dict]):
-        self.every, self.evaluate = every, evaluate
-
-    def __call__(self, loop):
-        loop.flush()
-        with loop.paused():
-            values = self.evaluate(loop)
-        finite_or_raise(loop.step, values)
-        loop.write(values)
-        log(f"step {loop.step:>6}/{loop.total_steps} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items()))
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag the loop reads, so the run saves a checkpoint before it exits."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
-
-
-class CheckpointHook(Hook):
-    """Saves every `every` steps and at the end; after any step, saves and exits (status 143) on SIGTERM or when
-    orbax reports a preemption. `data_state(step)` is the data position saved beside the model."""
-
-    def __init__(self, every: int, mngr, data_state: Callable[[int], dict], workdir: str):
-        self.every, self.mngr, self.data_state, self.workdir = every, mngr, data_state, workdir
-        self.preemption = _Preemption()
-
-    def save(self, loop, force: bool = False):
-        loop.flush()
-        loop.check_finite()
-        with loop.paused():
-            checkpoint.save(self.mngr, loop.step, loop.state.params, loop.state.train_item(),
-                            self.data_state(loop.step), force=force)
-
-    def __call__(self, loop):
-        self.save(loop)
-
-    def after_dispatch(self, loop):
-        if self.preemption.requested or self.mngr.reached_preemption(loop.step):
-            self.save(loop, force=True)
-            self.mngr.wait_until_finished()
-            log(f"preempted: saved step {loop.step} to {self.workdir}/checkpoints; rerun the same command to resume")
-            raise SystemExit(143)
-
-    def close(self, loop):
-        self.preemption.restore()
-        self.mngr.wait_until_finished()
-        self.mngr.close()

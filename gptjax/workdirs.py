@@ -10,20 +10,68 @@ import ml_collections
 
 from gptjax import checkpoint, configs, decoding, files, sampling, sharding, tokenizer
 from gptjax.errors import ConfigError
+from gptjax.metrics import log
 from gptjax.model import GPT, ModelConfig
 
 
 def model_dir(workdir: str) -> str:
-    """Where the plain GPT of `workdir` is: the workdir itself, or `<workdir>/model` for the runs whose params
-    carry a head beside it (a reward model, PPO's value head), which write the GPT there when they finish."""
+    """Where the plain GPT of `workdir` is: `<workdir>/model` when the run wrote one there (runs whose params carry
+    more than the GPT: a reward model's or PPO's head, a fine-tuned run's adapters), else the workdir itself."""
     files.check_url(workdir)
-    stage = checkpoint.read_config(workdir).get("rl", {}).get("stage")
-    if stage not in ("reward", "ppo"):
-        return workdir
     out = str(files.path(workdir) / "model")
-    if not (files.path(out) / checkpoint.CONFIG_FILE).exists():
-        raise checkpoint.CheckpointError(f"{workdir}: the {stage} run has not finished; its GPT is written to {out} "
-                                         "at the end")
+    return out if (files.path(out) / checkpoint.CONFIG_FILE).exists() else workdir
+
+
+def adopt_init_from(config, workdir: str) -> None:
+    """A run that starts from `train.init_from` takes that workdir's model shape and tokenizer, which its params
+    fit: copies them into the config (but the tunable fields, dropout, dtype, remat, implementations) and its
+    tokenizer into `workdir`. Refused in one line: init_from that is (or holds) this workdir, that is no gptjax
+    workdir, or whose tokenizer differs from the one this workdir already has. Either may be a gs:// URL."""
+    source = config.train.init_from
+    files.check_url(source, "train.init_from")
+    src, here = str(files.path(source)).rstrip("/"), str(files.path(workdir)).rstrip("/")
+    if here == src or here.startswith(src + "/"):
+        raise ConfigError(f"train.init_from: {source} is (or holds) this run's workdir; start the run in a new "
+                          "--workdir, the run it starts from is never written to")
+    saved = checkpoint.read_config(source)  # "not a gptjax workdir" when it has no config.json
+    theirs, ours = _tokenizer_fingerprint(source), _tokenizer_fingerprint(workdir)
+    if ours is not None and ours != theirs:
+        raise checkpoint.CheckpointError(f"train.init_from: {source} has another tokenizer than {workdir}/tokenizer; "
+                                         "start the run in a new --workdir")
+    with config.unlocked():
+        for key, value in saved["model"].items():
+            if key not in checkpoint.TUNABLE_MODEL_KEYS and key in config.model:
+                config.model[key] = value
+        config.data.tokenizer = saved["data"]["tokenizer"]
+        config.data.tokenizer_path = saved["data"]["tokenizer_path"]
+        config.data.seq_len = min(config.data.seq_len, config.model.max_len)
+    configs.validate(config)
+    src_tok, dst_tok = files.path(source) / "tokenizer", files.path(workdir) / "tokenizer"
+    if src_tok.is_dir() and not dst_tok.exists() and jax.process_index() == 0:
+        files.copytree(src_tok, dst_tok)
+
+
+def _tokenizer_fingerprint(workdir: str):
+    d = files.path(workdir) / "tokenizer"
+    if not (d / "tokenizer.json").is_file():
+        return None
+    return tokenizer.load_tokenizer(workdir).fingerprint or sorted(p.name for p in d.iterdir())
+
+
+def export_model(config, workdir: str, gpt_params, step: int, what: str = "the plain GPT") -> str:
+    """The GPT of a run whose params carry more than the GPT (a head, adapters) as a plain gptjax workdir at
+    `<workdir>/model`: config, tokenizer and a params-only checkpoint, which `gptjax sample`, `eval`, `inspect` and
+    `train.init_from` read when given `<workdir>` (`model_dir`). A rerun of a finished run finds its export there at
+    the same step and leaves it (the same params)."""
+    out = str(files.path(workdir) / "model")
+    if (files.path(out) / checkpoint.CONFIG_FILE).exists() and checkpoint.latest_step(out) == step:
+        return out
+    checkpoint.write_config(out, config)
+    src, dst = files.path(workdir) / "tokenizer", files.path(out) / "tokenizer"
+    if jax.process_index() == 0 and not dst.exists():
+        files.copytree(src, dst)
+    checkpoint.save_params(out, gpt_params, step)
+    log(f"wrote {what} to {out}")
     return out
 
 

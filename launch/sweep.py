@@ -35,7 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slurm  # noqa: E402
 import tpu_pod  # noqa: E402
 
+from gptjax.configs import smoke  # noqa: E402
+
 LAUNCHERS = ("local", "slurm", "tpu")
+SMOKE_ENTRIES = 2  # under GPTJAX_SMOKE=1 a sweep runs its first entries (each shrunk): the runner end to end
 COLUMNS = ("run", "overrides", "status", "steps", "train_loss", "train_bpb", "val_loss", "val_bpb", "tokens_per_sec",
            "wall_seconds")
 
@@ -306,6 +309,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(ours)
     try:
         entries = load_sweep(args.config)
+        if smoke.enabled() and len(entries) > SMOKE_ENTRIES:  # each run is shrunk too (gptjax inherits the variable)
+            entries = entries[:SMOKE_ENTRIES]
+            smoke.announce(f"the first {SMOKE_ENTRIES} entries of the sweep")
         if args.launcher == "tpu" and not args.workdir.startswith("gs://") and not args.dry_run:
             raise SweepError("--workdir: the tpu launcher needs a gs:// workdir that the slices write to")
         root = args.workdir.rstrip("/")

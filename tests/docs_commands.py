@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The documents in the order their commands run: the README first (later pages use its workdirs).
 DOCUMENTS = ["README.md", "docs/testing.md", "docs/training.md", "docs/sampling.md", "docs/kernels.md",
              "docs/cloud.md", "docs/evals.md", "docs/finetune.md", "docs/rlhf.md", "docs/inspect.md",
-             "docs/ablations.md", "docs/plan.md", "docs/pods.md"]
+             "docs/ablations.md", "docs/plan.md", "docs/pods.md", "docs/architecture.md"]
 TAG = re.compile(r"\[(error here|dry run here|not run here: [^\]]+)\]")
 # Programs that need a cloud account, the network or a service, and are never gptjax.
 EXTERNAL = {"gcloud", "gsutil", "tfds", "tensorboard", "xpk", "sbatch", "kubectl"}

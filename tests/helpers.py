@@ -53,3 +53,11 @@ def gptjax_captured(*args):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = main.main(["gptjax", *args])
     return status, out.getvalue(), err.getvalue()
+
+
+def lm_trainer(config, mesh):
+    """The pretraining Trainer of `config` on `mesh`: what `gptjax train` builds for a config without sections."""
+    from gptjax.runs import pretrain
+    from gptjax.trainer import Trainer
+
+    return Trainer(config, mesh, *pretrain.planned(config))

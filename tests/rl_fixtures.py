@@ -8,9 +8,10 @@ import numpy as np
 from gptjax import checkpoint, configs
 from gptjax.finetune import data as ft_data
 from gptjax.finetune import heads, transforms
-from gptjax.finetune import run as ft_run
+from gptjax.configs import finetune as finetune_config
 from gptjax.model import GPT, ModelConfig
-from gptjax.rl import run as rl_run
+from gptjax.configs import rl as rl_config
+from gptjax.rl import stage as rl_stage
 from gptjax.tokenizer import build_tokenizer
 
 TINY = dict(num_layers=2, d_model=32, num_heads=2, max_len=64, attention_impl="reference", norm_impl="reference",
@@ -41,7 +42,7 @@ def judge_workdir(path, policy_path, tok):
     c.model.update(**TINY)
     c.model.vocab_size = tok.vocab_size + transforms.NUM_SPECIAL
     c.data.update(tokenizer="char", seq_len=64)
-    c.finetune = f = ft_run.config_section()
+    c.finetune = f = finetune_config.section()
     f.update(kind="classify", source="genre", labels=ft_data.GENRES, lm_weight=0.0)
     shutil.copytree(str(policy_path / "tokenizer"), str(path / "tokenizer"))
     checkpoint.write_config(str(path), c)
@@ -58,7 +59,7 @@ def stage_config(stage, policy, judge, rm="", **rl):
     c.optim.update(lr=1e-3, warmup_steps=0)
     c.eval.update(every_steps=2, batch_size=8)
     c.checkpoint.update(every_steps=1, async_save=False)
-    c.rl = r = rl_run.config_section()
+    c.rl = r = rl_config.section()
     r.update(stage=stage, judge_from=str(judge), judge_label="comedies", prompt_tokens=8, response_tokens=8,
              num_prompts=16, num_responses=3, rollout_batch=8, minibatch=8, epochs=2, probe_prompts=8, group_size=2)
     if rm:

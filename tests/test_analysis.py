@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import analysis, tasks
+from gptjax import analysis, objectives
 from gptjax.model import GPT, ModelConfig, cross_entropy
 from helpers import gptjax_in_process, one_line_error
 
@@ -86,7 +86,7 @@ def test_logit_lens_last_layer_equals_the_models_logits(variant):
 def test_token_losses_equal_the_evaluation_loss():
     cfg, T = TINY, 17
     params, window = init(cfg, seed=3), tokens(B=3, T=T + 1, seed=4)
-    task = tasks.LanguageModeling(seq_len=T)
+    task = objectives.LanguageModeling(seq_len=T)
     total, count = task.evaluate(GPT(cfg), params, task.from_windows(window))["val_loss"]
     nats = analysis.token_losses(cfg, params, window)
     assert nats.shape == (3, T)

@@ -12,7 +12,7 @@ import pytest
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from gptjax import configs, errors, files, train, workdirs
+from gptjax import configs, errors, files, runs, workdirs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,7 +91,7 @@ def losses(text):
 @pytest.mark.slow
 def test_train_resume_sample_on_a_bucket(bucket, corpus_file, tmp_path):
     run = "gs://test-bucket/runs/tiny"
-    train.train_and_evaluate(tiny_config(corpus_file, 3), run)
+    runs.train(tiny_config(corpus_file, 3), run)
     stored = bucket / "test-bucket" / "runs" / "tiny"
     for name in ("config.json", "tokenizer/tokenizer.json", "tokenizer/chars.json", "metrics.jsonl", "samples.txt",
                  "loss_curve.png", "checkpoints/3"):
@@ -99,13 +99,13 @@ def test_train_resume_sample_on_a_bucket(bucket, corpus_file, tmp_path):
     assert len(list((stored / "data").glob("train-*of8.npy"))) == 8 and list((stored / "data").glob("validation-*"))
     assert sorted(losses((stored / "metrics.jsonl").read_text())) == [1, 2, 3]
 
-    final = train.train_and_evaluate(tiny_config(corpus_file, 6), run)  # resumes from gs://.../checkpoints/3
+    final = runs.train(tiny_config(corpus_file, 6), run)  # resumes from gs://.../checkpoints/3
     assert (stored / "checkpoints" / "6").exists()
     rows = losses((stored / "metrics.jsonl").read_text())
     assert sorted(rows) == [1, 2, 3, 4, 5, 6]  # the resumed run appended to the object, not replaced it
 
     local = str(tmp_path / "local")  # the same run in one go on local disk: the same losses
-    expected = train.train_and_evaluate(tiny_config(corpus_file, 6), local)
+    expected = runs.train(tiny_config(corpus_file, 6), local)
     for step, loss in losses(open(os.path.join(local, "metrics.jsonl")).read()).items():
         assert abs(rows[step] - loss) <= 1e-6 * abs(loss), step
     assert final["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
@@ -158,7 +158,7 @@ def test_missing_filesystem_package_is_one_line_before_any_work(corpus_file, tmp
     monkeypatch.chdir(tmp_path)
     config = tiny_config(corpus_file, 1)
     with pytest.raises(files.FilesystemError) as err:
-        train.train_and_evaluate(config, "gs://no-such-bucket/run1")
+        runs.train(config, "gs://no-such-bucket/run1")
     assert isinstance(err.value, errors.GptjaxError)
     assert str(err.value) == ("--workdir=gs://no-such-bucket/run1: gs:// needs the Python packages gcsfs and "
                               "google-cloud-storage (pip install gcsfs google-cloud-storage)")
@@ -168,7 +168,7 @@ def test_missing_filesystem_package_is_one_line_before_any_work(corpus_file, tmp
                                                     r"\(pip install gcsfs\)"):
         files.check_url("gs://b/x.txt", "data.path", workdir=False)
     with pytest.raises(files.FilesystemError, match=r"memory:// is not supported here \(use a local path or gs://\)"):
-        train.train_and_evaluate(config, "memory://run1")
+        runs.train(config, "memory://run1")
     assert not os.listdir(tmp_path)  # no local folder named "gs:" or "memory:"
 
     from gptjax import main

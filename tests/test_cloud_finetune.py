@@ -9,7 +9,8 @@ import pytest
 
 from gptjax import configs, files, workdirs
 from gptjax.errors import ConfigError
-from gptjax.finetune import run
+from gptjax import workdirs
+from gptjax.configs import finetune as finetune_config
 from helpers import gptjax_in_process
 from test_cloud import bucket  # noqa: F401  (the stand-in gs:// filesystem; the test runs in an empty cwd)
 from tests import rl_fixtures
@@ -28,14 +29,15 @@ def test_init_from_a_bucket_is_a_workdir(bucket):  # noqa: F811
     pre.model.update(vocab_size=tok.vocab_size, num_layers=1)
     checkpoint.write_config("gs://b/runs/pre", pre)
     c = configs.get_config()
-    c.finetune = run.config_section()
+    c.finetune = finetune_config.section()
+    c.finetune.kind = "sft"  # a valid section: adopting re-checks the config
     c.train.init_from = "gs://b/runs/pre"
-    run._adopt(c, "gs://b/runs/ft")
+    workdirs.adopt_init_from(c, "gs://b/runs/ft")
     assert (bucket / "b" / "runs" / "ft" / "tokenizer" / "tokenizer.json").exists()
     assert (c.model.vocab_size, c.model.num_layers, c.data.tokenizer) == (tok.vocab_size, 1, "char")
     for inside in ("gs://b/runs/pre", "gs://b/runs/pre/ft"):
         with pytest.raises(ConfigError, match="train.init_from: gs://b/runs/pre is \\(or holds\\) this run's workdir"):
-            run._adopt(c, inside)
+            workdirs.adopt_init_from(c, inside)
 
 
 @pytest.mark.slow

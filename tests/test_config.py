@@ -11,7 +11,8 @@ import pytest
 from gptjax import configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "**", "*.py"), recursive=True))
+EXPERIMENTS = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "**", "*.py"), recursive=True)
+                     if not os.path.basename(p).startswith("_"))  # _name.py: settings experiment files share
 EVAL_EXPERIMENTS = [p for p in EXPERIMENTS if os.sep + "eval" + os.sep in p]  # `gptjax eval` configs
 EXPERIMENTS = [p for p in EXPERIMENTS if p not in EVAL_EXPERIMENTS]  # `gptjax train` configs
 

@@ -27,7 +27,7 @@ def workdir(corpus_file, tmp_path_factory):
     character (the synthetic tasks need digits and the punctuation of random insertion)."""
     import string
 
-    from gptjax import train
+    from gptjax import runs
 
     root = tmp_path_factory.mktemp("evals")
     corpus = root / "corpus.txt"
@@ -45,7 +45,7 @@ def workdir(corpus_file, tmp_path_factory):
     c.mesh.shape = (-1, 1, 1)
     c.sample.max_new_tokens = 5
     path = str(root / "run")
-    train.train_and_evaluate(c, path)
+    runs.train(c, path)
     return path
 
 
@@ -215,11 +215,11 @@ def test_hook_in_training_on_an_untrained_model(untrained):
     """evaluate_in_training's metrics are the evaluator's, on the mesh it is given (one task, one K: the slow test
     below has two of each)."""
     from gptjax import sharding, workdirs
-    from gptjax.evals import evaluator, hook, scoring, tasks
+    from gptjax.evals import evaluator, in_training, scoring, tasks
 
     config, cfg, params, tok = workdirs.load(untrained)
     mesh, rules = sharding.make_mesh((-1, 1, 1)), config.mesh.logical_axis_rules
-    got = hook.evaluate_in_training(["arithmetic_2da"], (0,), 4, cfg, params, tok, mesh, rules, seed=0)
+    got = in_training.evaluate_in_training(["arithmetic_2da"], (0,), 4, cfg, params, tok, mesh, rules, seed=0)
     assert set(got) == {"icl/arithmetic_2da/0shot_acc", "icl/arithmetic_2da/0shot_perplexity"}
     want = evaluator.evaluate(scoring.Scorer(cfg, params, tok, mesh=mesh, rules=rules), tasks.get("arithmetic_2da"),
                               0, limit=4)
@@ -229,11 +229,11 @@ def test_hook_in_training_on_an_untrained_model(untrained):
 @pytest.mark.slow
 def test_hook_in_training(workdir):
     from gptjax import sharding, workdirs
-    from gptjax.evals import evaluator, hook, scoring, tasks
+    from gptjax.evals import evaluator, in_training, scoring, tasks
 
     config, cfg, params, tok = workdirs.load(workdir)
     mesh = sharding.make_mesh((-1, 1, 1))
-    got = hook.evaluate_in_training(["arithmetic_2da", "shakespeare_next_line"], (0, 1), 4, cfg, params, tok, mesh,
+    got = in_training.evaluate_in_training(["arithmetic_2da", "shakespeare_next_line"], (0, 1), 4, cfg, params, tok, mesh,
                                     config.mesh.logical_axis_rules, seed=0)
     assert set(got) == {f"icl/{t}/{k}shot_{m}" for t, ms in (("arithmetic_2da", ("acc", "perplexity")),
                                                               ("shakespeare_next_line", ("acc", "acc_norm")))

@@ -14,11 +14,13 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from gptjax import configs, sharding
+from gptjax import configs, optimizer, runs, sharding
+from gptjax.configs import finetune as finetune_config
 from gptjax.errors import CheckpointError, ConfigError, DataError
 from gptjax.finetune import data as ft_data
-from gptjax.finetune import heads, lora, run, tasks, transforms
+from gptjax.finetune import heads, lora, objectives, transforms
 from gptjax.model import GPT, ModelConfig
+from gptjax.runs import finetune as ft_run
 from gptjax.tokenizer import CharTokenizer
 from gptjax.trainer import Trainer
 from helpers import gptjax_in_process, gptjax_subprocess, metrics_by_step, one_line_error
@@ -49,7 +51,7 @@ def test_records_are_encoded_with_the_specials_after_the_vocabulary(tmp_path):
     tok = CharTokenizer("abc xyz")
     path = tmp_path / "nli.jsonl"
     path.write_text('{"p": "ab", "h": "c", "y": 1}\n\n{"p": "x", "h": "yz", "y": 0}\n')
-    f = run.config_section()
+    f = finetune_config.section()
     f.update(task_type="entailment", fields=("p", "h"), label_field="y", labels=("0", "1"))
     enc = ft_data.encode_classification(ft_data.read_jsonl(str(path)), tok, f, transforms.Specials.after(7), 8)
     s, d, e = 7, 8, 9
@@ -120,7 +122,7 @@ def _cls_batch(rng, B=4, C=1, T=12, classes=3):
 def test_lambda_zero_leaves_the_lm_loss_without_effect():
     model = _classifier()
     batch = _cls_batch(np.random.default_rng(2))
-    params = nn.unbox(tasks.Classification(12, 1, 0.0).init(model, jax.random.PRNGKey(0), batch))
+    params = nn.unbox(objectives.Classification(12, 1, 0.0).init(model, jax.random.PRNGKey(0), batch))
 
     def head_only(p):
         scores, _ = model.apply({"params": p["model"]}, batch["inputs"], batch["lengths"])
@@ -129,11 +131,11 @@ def test_lambda_zero_leaves_the_lm_loss_without_effect():
     def grads(task):  # jitted, as every loss below: one program each instead of hundreds of eager ops
         return jax.jit(jax.value_and_grad(lambda p: task.loss(model, p, batch, jax.random.PRNGKey(1))[0]))(params)
 
-    (l0, g0), (lh, gh) = grads(tasks.Classification(12, 1, 0.0)), jax.jit(jax.value_and_grad(head_only))(params)
+    (l0, g0), (lh, gh) = grads(objectives.Classification(12, 1, 0.0)), jax.jit(jax.value_and_grad(head_only))(params)
     np.testing.assert_allclose(l0, lh, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), g0, gh)
     # With lambda = 0.5 the LM loss is there: L = L_clf + 0.5 L_lm, and the gradients differ.
-    half = tasks.Classification(12, 1, 0.5)
+    half = objectives.Classification(12, 1, 0.5)
     (l5, aux), g5 = jax.jit(jax.value_and_grad(lambda p: half.loss(model, p, batch, jax.random.PRNGKey(1)),
                                                has_aux=True))(params)
     np.testing.assert_allclose(l5, aux["clf_loss"] + 0.5 * aux["lm_loss"], rtol=1e-6)
@@ -143,7 +145,7 @@ def test_lambda_zero_leaves_the_lm_loss_without_effect():
 
 def _sft_examples():
     tok = CharTokenizer("abcdefgh:# \n")
-    f = run.config_section()
+    f = finetune_config.section()
     f.template = "#{prompt}:"
     recs = [(f"mem:{i}", {"prompt": p, "response": r})
             for i, (p, r) in enumerate([("ab", "cde"), ("h", "gg"), ("abc", "d"), ("fe", "hhh")])]
@@ -160,7 +162,7 @@ def test_sft_loss_counts_response_tokens_only():
     np.testing.assert_array_equal(rows["targets"][0, 3:7], tok.encode("cde") + [tok.vocab_size])
 
     cfg = ModelConfig(**{**TINY, "vocab_size": tok.vocab_size + 1})
-    model, task = GPT(cfg), tasks.InstructionTuning(16)
+    model, task = GPT(cfg), objectives.InstructionTuning(16)
     params = nn.unbox(task.init(model, jax.random.PRNGKey(0), rows))
 
     def loss_of_logits(logits):
@@ -184,7 +186,7 @@ def test_packed_batches_give_the_loss_and_gradients_of_unpacked_ones():
     assert len(packed["inputs"]) == 2 and len(unpacked["inputs"]) == 4
     np.testing.assert_array_equal(packed["segment_ids"][0], [1] * 7 + [2] * 5 + [0] * 4)
     cfg = ModelConfig(**{**TINY, "vocab_size": tok.vocab_size + 1})
-    model, task = GPT(cfg), tasks.InstructionTuning(16)
+    model, task = GPT(cfg), objectives.InstructionTuning(16)
     params = nn.unbox(task.init(model, jax.random.PRNGKey(0), unpacked))
     unpacked = {k: v for k, v in unpacked.items() if k != "segment_ids"}  # one example per row: no segments at all
     loss_and_grads = jax.jit(jax.value_and_grad(lambda p, rows: task.loss(model, p, rows, None)[0]))
@@ -196,8 +198,8 @@ def test_packed_batches_give_the_loss_and_gradients_of_unpacked_ones():
 def test_lora_starts_as_the_base_model_and_merged_equals_unmerged():
     model = _classifier()
     batch = _cls_batch(np.random.default_rng(3))
-    spec = tasks.LoraSpec(rank=2, alpha=4.0)
-    task = tasks.Classification(12, 1, 0.5, lora=spec)
+    spec = objectives.LoraSpec(rank=2, alpha=4.0)
+    task = objectives.Classification(12, 1, 0.5, lora=spec)
     params = nn.unbox(task.init(model, jax.random.PRNGKey(0), batch))
     ad = params["lora"]
     assert sorted(k.split("/")[-1] for k in ad) == sorted(["fc_kernel", "out_kernel", "proj_kernel", "qkv_kernel"] * 2)
@@ -226,16 +228,16 @@ def _config(**finetune):
     c.data.seq_len = 16
     c.train.update(batch_size=8, steps=3, log_every_steps=1)
     c.optim.update(lr=1e-2, warmup_steps=0)
-    c.finetune = run.config_section()
+    c.finetune = finetune_config.section()
     c.finetune.update(**{"labels": ("0", "1", "2"), **finetune})
     return c
 
 
 def test_lora_trains_only_the_adapters_and_the_head():
     model = _classifier()
-    task = tasks.Classification(12, 1, 0.5, lora=tasks.LoraSpec(2, 4.0))
+    task = objectives.Classification(12, 1, 0.5, lora=objectives.LoraSpec(2, 4.0))
     c = _config(lora_rank=2)
-    tx, _ = run._optimizer(c, task, 3)
+    tx = optimizer.make_optimizer(c.optim, 3, frozen=task.frozen)
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     tr = Trainer(c, mesh, model, task, tx=tx)
     state = tr.init_state(0)
@@ -258,7 +260,7 @@ def test_sharded_fine_tuning_equals_one_device():
     c = _config()
     losses, params = [], []
     for mesh in (sharding.make_mesh((1, 1, 1), jax.devices()[:1]), sharding.make_mesh((2, 2, 2))):
-        model, task = _classifier(), tasks.Classification(12, 1, 0.5)
+        model, task = _classifier(), objectives.Classification(12, 1, 0.5)
         tr = Trainer(c, mesh, model, task)
         state = tr.init_state(0)
         out = []
@@ -279,7 +281,7 @@ def test_sharded_fine_tuning_equals_one_device():
 
 def test_bad_records_name_the_file_and_line(tmp_path):
     tok = CharTokenizer("abc")
-    f = run.config_section()
+    f = finetune_config.section()
     f.update(fields=("text",), labels=("x", "y"))
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "ab", "label": "x"}\n{"txt": "ab", "label": "y"}\n')
@@ -324,15 +326,15 @@ def test_init_from_is_never_the_workdir_and_needs_the_same_tokenizer(tmp_path):
     c = _config()
     c.train.init_from = str(tmp_path / "pre")
     with pytest.raises(ConfigError, match="train.init_from: .* is \\(or holds\\) this run's workdir"):
-        run.train_and_evaluate(c, str(tmp_path / "pre"))
+        runs.train(c, str(tmp_path / "pre"))
     with pytest.raises(ConfigError, match="train.init_from"):
-        run.train_and_evaluate(c, str(tmp_path / "pre" / "ft"))
+        runs.train(c, str(tmp_path / "pre" / "ft"))
     _pretrained_workdir(tmp_path / "other", "xyz")
     os.makedirs(tmp_path / "ft")
     import shutil
     shutil.copytree(tmp_path / "other" / "tokenizer", tmp_path / "ft" / "tokenizer")
     with pytest.raises(CheckpointError, match="train.init_from: .* has another tokenizer"):
-        run.train_and_evaluate(c, str(tmp_path / "ft"))
+        runs.train(c, str(tmp_path / "ft"))
 
 
 @pytest.mark.slow
@@ -350,7 +352,7 @@ def test_fine_tuning_from_a_pretrained_workdir_grows_the_embedding(tmp_path):
                 fields=("s",), label_field="y", labels=("0", "1"))
     c.train.init_from = str(pre)
     c.eval.update(every_steps=3, batch_size=8)
-    out = run.train_and_evaluate(c, str(tmp_path / "ft"))
+    out = runs.train(c, str(tmp_path / "ft"))
     assert sorted(str(p.relative_to(pre)) for p in pre.rglob("*")) == before
     assert 0 <= out["val_accuracy"] <= 1 and "val_f1" in out
     rows = [json.loads(x) for x in open(tmp_path / "ft" / "predictions.jsonl")]
@@ -479,8 +481,8 @@ def test_train_steps_given_on_the_command_line_is_the_run_length():
             section, field = key.split(".")
             c[section][field] = value
         c = configs.finalize(c, overridden=overrides)  # as `gptjax train` does with the --config.* overrides
-        run._check_given(c)
-        run._set_steps(c, num_train)
+        finetune_config.validate(c)
+        ft_run._set_steps(c, num_train)
         return c.train.steps, c.optim.warmup_steps, c.finetune.epochs, c.finetune.warmup_fraction
 
     assert steps({}) == (750, 2, 3.0, 0.002)  # 3 epochs of 8000 passages in batches of 32
@@ -496,7 +498,7 @@ def test_train_steps_given_on_the_command_line_is_the_run_length():
     c = _experiment("genre").get_config()
     c.train.steps = 3
     c = configs.finalize(c)  # a config built in code, not on the command line: epochs still decide
-    run._set_steps(c, 8000)
+    ft_run._set_steps(c, 8000)
     assert c.train.steps == 750
 
 
@@ -547,3 +549,20 @@ def test_train_steps_on_the_command_line_sets_the_steps_the_run_trains(experimen
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["2"]
     saved = json.load(open(run_dir / "config.json"))
     assert saved["train"]["steps"] == 2 and saved["finetune"]["epochs"] == 0
+
+
+def test_a_finished_run_rerun_keeps_its_exported_model(tmp_path):
+    """Rerunning the command of a finished run that exports its GPT (SFT, reward, PPO) reaches the export again at
+    the same step: it is left as it is (it used to stop with orbax's 'already exists' traceback); a later step is
+    written beside it."""
+    from gptjax import checkpoint, workdirs
+
+    c = configs.get_config()
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.json").write_text("{}")
+    params = {"w": np.ones((2, 3), np.float32)}
+    out = workdirs.export_model(c, str(tmp_path), params, 5)
+    again = workdirs.export_model(c, str(tmp_path), {"w": np.zeros((2, 3), np.float32)}, 5)
+    assert again == out and checkpoint.latest_step(out) == 5
+    workdirs.export_model(c, str(tmp_path), params, 7)
+    assert checkpoint.latest_step(out) == 7

@@ -77,11 +77,11 @@ def test_cudnn_is_what_the_model_runs():
 
 
 def test_train_steps_with_cudnn_follow_the_reference(tmp_path):
-    """The real Trainer step (gptjax/train.py) with attention_impl=cudnn: five steps on the same batches give the
+    """The real Trainer step (gptjax/runs/pretrain.py) with attention_impl=cudnn: five steps on the same batches give the
     reference's losses to bf16 accuracy, and the loss goes down."""
     from gptjax import configs, sharding
-    from gptjax.tasks import LanguageModeling
-    from gptjax.train import lm_trainer
+    from gptjax.objectives import LanguageModeling
+    from helpers import lm_trainer
 
     windows = [np.random.default_rng(s).integers(0, 64, (8, 129), dtype=np.int32) for s in range(5)]
     losses = {}

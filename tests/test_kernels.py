@@ -95,7 +95,7 @@ def test_splash_equals_reference_with_segments():
     q, k, v = (jax.random.normal(jax.random.key(i), (B, T, H, K)) for i in range(3))
     seg = jnp.array([[1] * 50 + [2] * 78, [1] * 128])
     mask = jnp.tril(jnp.ones((T, T), bool))[None] & (seg[:, :, None] == seg[:, None, :])
-    f = lambda q, k, v: (splash.attention(q, k, v, seg) ** 2).sum()  # noqa: E731
+    f = lambda q, k, v: (splash.attention(q, k, v, seg, interpret=True) ** 2).sum()  # noqa: E731
     g = lambda q, k, v: (reference.attention(q, k, v, mask)[0] ** 2).sum()  # noqa: E731
     np.testing.assert_allclose(f(q, k, v), g(q, k, v), rtol=1e-5)
     for a, b in zip(jax.grad(f, (0, 1, 2))(q, k, v), jax.grad(g, (0, 1, 2))(q, k, v)):

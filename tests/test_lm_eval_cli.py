@@ -26,7 +26,7 @@ OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "
 @pytest.fixture(scope="module")
 def workdir(corpus_file, tmp_path_factory):
     """A 2-layer char model, 10 steps: the numbers only have to agree, not be good."""
-    from gptjax import configs, train
+    from gptjax import configs, runs
 
     c = configs.get_config()
     c.data.source = "text"
@@ -38,7 +38,7 @@ def workdir(corpus_file, tmp_path_factory):
     c.eval.update(every_steps=10, steps=1)
     c.sample.max_new_tokens = 5
     path = str(tmp_path_factory.mktemp("lm_eval_cli") / "run")
-    train.train_and_evaluate(c, path)
+    runs.train(c, path)
     return path
 
 
@@ -84,7 +84,7 @@ def test_the_hook_registers_gptjax_beside_lm_evals_own_models():
     """What the .pth does, in a fresh interpreter: after `import lm_eval.models`, `gptjax` is in the registry as a
     lazy placeholder (nothing of gptjax's model code imported yet) and lm-eval's own `hf` is still there."""
     pytest.importorskip("lm_eval")
-    code = ("import gptjax.evals.lm_eval_hook, sys; import lm_eval.models; "
+    code = ("import gptjax.evals.lm_eval_registration, sys; import lm_eval.models; "
             "from lm_eval.api.registry import model_registry as r; "
             "print('gptjax' in r, 'hf' in r, 'gptjax.evals.harness' in sys.modules, 'jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -96,7 +96,7 @@ def test_the_pth_line_is_silent_where_gptjax_cannot_be_imported(tmp_path):
     checkout of an editable install) it must do nothing rather than print a traceback at each start."""
     with open(os.path.join(ROOT, "gptjax-lm-eval.pth")) as f:
         line = f.read().strip()
-    check = f"{line}\nimport sys; print('gptjax.evals.lm_eval_hook' in sys.modules)"
+    check = f"{line}\nimport sys; print('gptjax.evals.lm_eval_registration' in sys.modules)"
     # -S: no site-packages, so no editable-install finder; the cwd decides whether gptjax is importable.
     away = subprocess.run([sys.executable, "-S", "-c", check], cwd=tmp_path, capture_output=True, text=True)
     assert (away.returncode, away.stdout.split(), away.stderr) == (0, ["False"], "")
@@ -116,9 +116,9 @@ def test_the_harness_module_runs_as_main_where_the_pth_registered_gptjax(monkeyp
     import lm_eval.models  # noqa: F401
     from lm_eval.api.registry import model_registry
 
-    from gptjax.evals import lm_eval_hook
+    from gptjax.evals import lm_eval_registration
 
-    lm_eval_hook.register(model_registry)  # what the .pth does (a no-op where it already did)
+    lm_eval_registration.register(model_registry)  # what the .pth does (a no-op where it already did)
     monkeypatch.setattr(sys, "argv", ["python -m gptjax.evals.harness", "--help"])
     with warnings.catch_warnings(), pytest.raises(SystemExit) as exit_:
         # runpy warns when an earlier test imported the module; running it as __main__ is the point here
@@ -139,7 +139,7 @@ def test_python_m_harness_runs_with_and_without_the_pth(workdir, tmp_path):
     pytest.importorskip("lm_eval")
     site_packages = os.path.dirname(os.path.dirname(__import__("lm_eval").__file__))
     no_site = {**os.environ, **OFFLINE, "PYTHONPATH": os.pathsep.join([ROOT, site_packages])}
-    probe = "import sys, lm_eval.models; print('gptjax.evals.lm_eval_hook' in sys.modules)"
+    probe = "import sys, lm_eval.models; print('gptjax.evals.lm_eval_registration' in sys.modules)"
     with_pth = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=str(tmp_path),
                               env={**os.environ, **OFFLINE}, check=True).stdout.split()
     assert with_pth == ["True"], "the .pth is not active: is gptjax installed with pip (pip install -e '.[eval]')?"

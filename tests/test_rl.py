@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import configs, sampling, sharding, train
+from gptjax import configs, sampling, sharding, runs
 from gptjax.errors import CheckpointError, DataError
 from gptjax.model import GPT, ModelConfig
 from gptjax.rl import data as rl_data
-from gptjax.rl import policy
+from gptjax.rl import probe, rollouts as policy
 from gptjax.rl.models import ScalarHeadGPT
-from gptjax.rl.tasks import PolicyUpdate, RewardModeling, response_logprobs
+from gptjax.rl.objectives import PolicyUpdate, RewardModeling, response_logprobs
 from gptjax.trainer import Trainer
 from tests import rl_fixtures as F
 from tests.helpers import gptjax_in_process, metrics_by_step, one_line_error
@@ -41,7 +41,7 @@ PPO = {"kl_target": 0.01, "kl_horizon": 50}  # an adaptive KL controller that mo
 def _run(stage, root, name, **rl):
     rl = {**(PPO if stage == "ppo" else {}), **rl}
     c = F.stage_config(stage, root / "pre", root / "judge", rm=root / "rm" if stage != "reward" else "", **rl)
-    return train.train_and_evaluate(configs.finalize(c), str(root / name))
+    return runs.train(configs.finalize(c), str(root / name))
 
 
 def _placed(params, model, mesh, example):
@@ -148,14 +148,14 @@ def test_probe_of_the_reference_policy_has_no_kl_and_the_judges_scores(workdirs)
     response's text, wherever that text sits in the judge's batch."""
     from gptjax import workdirs as wd
     from gptjax.errors import ConfigError
-    from gptjax.rl import run as rl_run
+    from gptjax.rl import stage as rl_stage
     from gptjax.rl.judge import Judge
 
     root = workdirs
-    c = configs.finalize(F.stage_config("ppo", root / "pre", root / "judge"))
+    c = configs.finalize(F.stage_config("reward", root / "pre", root / "judge"))  # a judge, no reward model
     _, model_cfg, tok = wd.load_config(str(root / "pre"))
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    scorers = rl_run._scorers(c, str(root / "pre"), model_cfg, mesh, tok)
+    scorers = rl_stage.scorers(c, str(root / "pre"), model_cfg, mesh, tok)
     assert scorers.reward_model is None and scorers.judge is not None
     rollouts = policy.Rollouts(model_cfg, scorers, mesh, RULES, 8, 8, 1.0, tok.eos_id)
     texts = ["ROMEO:", "O, she", "Now is", "JULIET:"]
@@ -165,8 +165,8 @@ def test_probe_of_the_reference_policy_has_no_kl_and_the_judges_scores(workdirs)
         ids = tok.encode(t)
         tokens[i, 8 - len(ids):], mask[i, 8 - len(ids):] = ids, True
     g = sharding.host_local_to_global({"t": tokens, "m": mask}, mesh)
-    values, rows = policy.probe(rollouts, scorers.ref_params, g["t"], g["m"], seed=0)
-    again, _ = policy.probe(rollouts, scorers.ref_params, g["t"], g["m"], seed=0)
+    values, rows = probe.measure(rollouts, scorers.ref_params, g["t"], g["m"], seed=0)
+    again, _ = probe.measure(rollouts, scorers.ref_params, g["t"], g["m"], seed=0)
     assert values == again and set(values) == {"eval_kl", "eval_true_reward", "eval_response_length"}
     assert values["eval_kl"] == pytest.approx(0.0, abs=1e-3) and 0.0 < values["eval_true_reward"] < 1.0
     assert [r["prompt"] for r in rows] == texts[:3]
@@ -256,17 +256,17 @@ def test_a_reward_model_with_another_tokenizer_is_refused(workdirs, tmp_path):
     (other / "config.json").write_text(json.dumps(cfg))
     c = F.stage_config("ppo", workdirs / "pre", workdirs / "judge", rm=other)
     with pytest.raises(CheckpointError, match="rl.reward_from: .* has another tokenizer"):
-        train.train_and_evaluate(configs.finalize(c), str(tmp_path / "ppo"))
+        runs.train(configs.finalize(c), str(tmp_path / "ppo"))
 
 
 # --- the stages end to end ---------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_reward_ppo_grpo_dpo_end_to_end(workdirs, capsys):
+def test_reward_ppo_grpo_rloo_dpo_end_to_end(workdirs, capsys):
     """reward: comparisons sampled and labelled by the judge, a reward model with held-out accuracy and rewards
-    normalised so the starting model's samples average 0. ppo, grpo, dpo: reward, true_reward and kl logged, and
-    `gptjax sample` works on every workdir."""
+    normalised so the starting model's samples average 0. ppo, grpo, rloo, dpo: reward, true_reward and kl logged,
+    and `gptjax sample` works on every workdir."""
     root = workdirs
     out = _run("reward", root, "rm")
     assert 0.0 <= out["val_accuracy"] <= 1.0
@@ -274,21 +274,21 @@ def test_reward_ppo_grpo_dpo_end_to_end(workdirs, capsys):
     assert len(recs) >= 14 and all(len(r[2]) == 3 for r in recs)
     norm = json.load(open(root / "rm" / "reward_norm.json"))
     from gptjax import workdirs as wd
-    from gptjax.rl import run as rl_run
+    from gptjax.rl import stage as rl_stage
 
     _, model_cfg, tok = wd.load_config(str(root / "pre"))
     mesh = sharding.make_mesh((-1, 1, 1))
     c = configs.finalize(F.stage_config("ppo", root / "pre", root / "judge", rm=root / "rm"))
-    scorers = rl_run._scorers(c, str(root / "pre"), model_cfg, mesh, tok)
+    scorers = rl_stage.scorers(c, str(root / "pre"), model_cfg, mesh, tok)
     assert scorers.reward_offset == norm["mean"]
-    train_recs, _ = rl_run._split_comparisons(recs, 0.1)
+    train_recs, _ = rl_stage.split_comparisons(recs, 0.1)
     enc = rl_data.encode_comparisons(train_recs, tok, 8, 8)
     task = RewardModeling(8, 8, 3)
     with jax.set_mesh(mesh):
         r = np.asarray(task.rewards(scorers.reward_model, scorers.reward_params, enc)) - scorers.reward_offset
     assert abs(r[enc["valid"] > 0].mean()) < 1e-4  # the starting model's samples average 0
 
-    for stage in ("rm", "ppo", "grpo", "dpo"):
+    for stage in ("rm", "ppo", "grpo", "rloo", "dpo"):
         if stage != "rm":
             _run(stage, root, stage)
             logged = {k for line in open(root / stage / "metrics.jsonl") for k in json.loads(line)}
@@ -313,7 +313,7 @@ def test_resumed_ppo_equals_a_straight_run(workdirs, monkeypatch):
     """PPO with an adaptive KL controller, stopped after iteration 1 of 2 (as a kill would stop it, after the
     checkpoint) and resumed, gives the straight run's iteration-2 metrics (the controller's value is restored
     from the checkpoint, rollouts and minibatch orders are functions of the iteration)."""
-    from gptjax import trainer
+    from gptjax import loop as loop_lib
 
     root = workdirs
     if not (root / "ppo" / "metrics.jsonl").exists():  # the end-to-end test's straight run, when run alone
@@ -321,9 +321,9 @@ def test_resumed_ppo_equals_a_straight_run(workdirs, monkeypatch):
         _run("ppo", root, "ppo")
     straight = {k: v[2] for k, v in ((k, metrics_by_step(root / "ppo", k)) for k in
                                      ("train_loss", "kl", "kl_coef", "reward", "true_reward", "eval_kl"))}
-    real_loop = trainer.run_loop
+    real_loop = loop_lib.run_loop
     with monkeypatch.context() as m:  # the first process: its loop ends after iteration 1 of 2
-        m.setattr(trainer, "run_loop", lambda run, state, start, total, *a, **k: real_loop(run, state, start, 1, *a,
+        m.setattr(loop_lib, "run_loop", lambda run, state, start, total, *a, **k: real_loop(run, state, start, 1, *a,
                                                                                           **k))
         _run("ppo", root, "ppo_resumed")
     resumed = _run("ppo", root, "ppo_resumed")

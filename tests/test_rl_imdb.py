@@ -14,7 +14,8 @@ from gptjax.errors import DataError
 from gptjax.finetune import data as ft_data
 from gptjax.finetune import transforms
 from gptjax.rl import data as rl_data
-from gptjax.rl import run as rl_run
+from gptjax.configs import rl as rl_config
+from gptjax.rl import stage as rl_stage
 from gptjax.tokenizer import CharTokenizer
 from tests import rl_fixtures
 from tests.helpers import gptjax_in_process, metrics_by_step, one_line_error
@@ -89,14 +90,14 @@ def test_each_stage_reads_review_openings_and_names_the_sentiment_judge(stage, i
     assert 8 <= r.prompt_tokens <= 16 and r.response_tokens == 16
     assert r.reward_from == ("" if stage == "reward" else "runs/rlhf/imdb_rm")
     assert r.comparisons_from == ("runs/rlhf/imdb_rm" if stage == "dpo" else "")
-    rl_run._check(c)  # what train_and_evaluate checks first: the stage has what it needs
+    rl_config.validate(c)  # what a stage's config is checked for first: the stage has what it needs
     configs.finalize(c)
     # The stage's own prompt path on the stand-in: train reviews, the last probe_prompts held out, each cut to its
     # first prompt_tokens tokens, left-padded.
     with c.unlocked():
         c.rl.probe_prompts = 2
     tok = CharTokenizer("".join(sorted(set("".join(t for t, _ in TRAIN)))))
-    (tokens, mask), (held, held_mask) = rl_run._prompts(c, tok)
+    (tokens, mask), (held, held_mask) = rl_stage.prompts(c, tok)
     assert len(tokens) == 4 and len(held) == 2 and mask.all() and held_mask.all()
     assert [tok.decode(list(row)) for row in tokens] == [t[:r.prompt_tokens] for t, _ in TRAIN[:4]]
     assert tok.decode(list(held[1])) == TRAIN[5][0][:r.prompt_tokens]

@@ -261,6 +261,43 @@ def test_group_advantages():
         losses.group_advantages(rewards, 5)
 
 
+def test_leave_one_out_advantages():
+    """RLOO's baseline for a response is the mean reward of the other responses to its prompt (by hand, and as
+    G / (G - 1) times the deviation from the group mean)."""
+    rng = np.random.default_rng(3)
+    rewards = rng.normal(size=12).astype(np.float32)
+    for group_size in (2, 3, 4, 6):
+        adv = np.asarray(losses.leave_one_out_advantages(rewards, group_size)).reshape(-1, group_size)
+        grouped = rewards.reshape(-1, group_size)
+        by_hand = [[grouped[p, i] - np.mean(np.delete(grouped[p], i)) for i in range(group_size)]
+                   for p in range(len(grouped))]
+        np.testing.assert_allclose(adv, by_hand, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(adv, group_size / (group_size - 1) * (grouped - grouped.mean(1, keepdims=True)),
+                                   rtol=1e-5, atol=1e-6)
+    for bad in (1, 5):
+        with pytest.raises(ValueError, match="at least 2 and divide"):
+            losses.leave_one_out_advantages(rewards, bad)
+
+
+def test_rloo_advantages_put_the_sequence_kl_in_the_reward():
+    """RLOO (Ahmadian et al. 2024, as trl's RLOOTrainer computes it): reward - beta * sum over the response of
+    (log p_old - log p_ref), then the leave-one-out baseline; every token of a response gets its advantage."""
+    from gptjax.rl import rollouts
+
+    rng = np.random.default_rng(5)
+    B, N, G, beta = 8, 5, 4, 0.3
+    lengths = rng.integers(1, N + 1, B)
+    mask = (np.arange(N)[None] < lengths[:, None]).astype(np.float32)
+    roll = {"old_logp": rng.normal(size=(B, N)).astype(np.float32) * mask,
+            "ref_logp": rng.normal(size=(B, N)).astype(np.float32) * mask,
+            "mask": mask, "reward": rng.normal(size=B).astype(np.float32)}
+    adv = np.asarray(rollouts.rloo_advantages({k: jnp.asarray(v) for k, v in roll.items()}, G, beta)["advantages"])
+    shaped = roll["reward"] - beta * ((roll["old_logp"] - roll["ref_logp"]) * mask).sum(1)
+    grouped = shaped.reshape(-1, G)
+    want = (grouped - (grouped.sum(1, keepdims=True) - grouped) / (G - 1)).reshape(B)
+    np.testing.assert_allclose(adv, want[:, None] * mask, rtol=1e-5, atol=1e-5)
+
+
 def test_kl_controller():
     fixed = losses.KLController(0.1)
     for kl in (0.0, 5.0, 100.0):

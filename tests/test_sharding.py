@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from gptjax import configs, sharding
-from gptjax.tasks import LanguageModeling
-from gptjax.train import lm_trainer
+from gptjax.objectives import LanguageModeling
+from helpers import lm_trainer
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 
@@ -94,7 +94,7 @@ def test_scan_layers_shard_over_the_mesh(reference):
 def test_bad_mesh_and_batch_are_one_line_errors():
     with pytest.raises(configs.ConfigError, match=r"mesh.shape: \(2, 2, 4\) needs 16 devices"):
         sharding.make_mesh((2, 2, 4))
-    from gptjax.train import check_batch_sizes
+    from gptjax.trainer import check_batch_sizes
 
     c = tiny_config((8, 1, 1))
     with c.unlocked():

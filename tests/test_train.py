@@ -11,8 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from gptjax import checkpoint, configs, errors, sharding, tasks, train
-from helpers import gptjax_subprocess, metrics_by_step
+from gptjax import checkpoint, configs, errors, sharding, objectives, runs
+from helpers import gptjax_subprocess, lm_trainer, metrics_by_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAR = os.path.join(ROOT, "experiments", "pretrain", "shakespeare_char.py")
@@ -38,7 +38,7 @@ def test_loss_falls_on_real_text(corpus_file, tmp_path):
     c = char_config(corpus_file, steps=300, log_every_steps=25)
     c.eval.update(every_steps=150, steps=10)
     c.checkpoint.every_steps = 300
-    final = train.train_and_evaluate(configs.finalize(c), str(tmp_path))
+    final = runs.train(configs.finalize(c), str(tmp_path))
     losses = metrics_by_step(str(tmp_path))
     vals = metrics_by_step(str(tmp_path), "val_loss")
     assert losses[25] > 3.0  # about ln(vocab) at the start
@@ -70,11 +70,11 @@ def test_tiny_model_overfits_one_batch(corpus_file):
         c.model.vocab_size = len(chars)
     batch = np.stack([ids[i * 65:(i + 1) * 65] for i in range(12)])
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    trainer = train.lm_trainer(c, mesh)
+    trainer = lm_trainer(c, mesh)
     state = trainer.init_state(0)
     with trainer.context():
         for _ in range(250):
-            state, out = trainer.train_step(state, sharding.host_local_to_global(tasks.LanguageModeling.from_windows(batch), mesh))
+            state, out = trainer.train_step(state, sharding.host_local_to_global(objectives.LanguageModeling.from_windows(batch), mesh))
     assert float(out["train_loss"]) < 0.1
 
 
@@ -87,12 +87,12 @@ def test_restore_onto_a_different_mesh(corpus_file, tmp_path):
     for shape in ((8, 1, 1), (1, 2, 4)):
         with c.unlocked():
             c.mesh.shape = shape
-        trainers[shape] = train.lm_trainer(c, sharding.make_mesh(shape))
+        trainers[shape] = lm_trainer(c, sharding.make_mesh(shape))
     src = trainers[(8, 1, 1)]
     state = src.init_state(0)
     with src.context():
         state, _ = src.train_step(state, sharding.host_local_to_global(
-            tasks.LanguageModeling.from_windows(np.ones((16, 65), np.int32)), src.mesh))
+            objectives.LanguageModeling.from_windows(np.ones((16, 65), np.int32)), src.mesh))
     mngr = checkpoint.manager(str(tmp_path), c.checkpoint)
     checkpoint.save(mngr, 1, state.params, state.train_item(), {"step": 1}, force=True)
     mngr.wait_until_finished()
@@ -199,7 +199,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(corpu
     c.checkpoint.update(every_steps=5, async_save=False)
     c.optim.update(lr=1e9, min_lr=1e9, warmup_steps=0, clip_norm=0.0)
     with pytest.raises(errors.TrainingError, match="became nan|became inf") as err:
-        train.train_and_evaluate(configs.finalize(c), str(tmp_path))
+        runs.train(configs.finalize(c), str(tmp_path))
     assert "\n" not in str(err.value)
     step = checkpoint.latest_step(str(tmp_path))
     if step is not None:  # whatever was saved is finite
@@ -218,7 +218,7 @@ def test_in_context_tasks_run_inside_training(corpus_file, tmp_path):
     c.data.update(vocab_size=512, seq_len=64)
     c.eval.update(every_steps=4, steps=1, tasks=("reversed_words",), tasks_shots=(0, 1), tasks_limit=4,
                   tasks_every_steps=2)
-    train.train_and_evaluate(configs.finalize(c), str(tmp_path / "run"))
+    runs.train(configs.finalize(c), str(tmp_path / "run"))
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     icl = {r["step"]: r for r in rows if any(k.startswith("icl/reversed_words/") for k in r)}
     assert sorted(icl) == [2, 4]
@@ -226,5 +226,5 @@ def test_in_context_tasks_run_inside_training(corpus_file, tmp_path):
     bad = char_config(corpus_file, steps=4)
     bad.eval.tasks = ("no_such_task",)
     with pytest.raises(errors.GptjaxError, match="unknown task 'no_such_task'"):
-        train.train_and_evaluate(configs.finalize(bad), str(tmp_path / "bad"))
+        runs.train(configs.finalize(bad), str(tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()

@@ -14,7 +14,8 @@ Argument: `genre.py:lora=8` trains rank-8 LoRA adapters and the head only (exper
 
 from gptjax import configs
 from gptjax.configs import default
-from gptjax.finetune import data, run
+from gptjax.configs import finetune as finetune_config
+from gptjax.finetune import data
 
 
 def get_config(arg=None):
@@ -22,12 +23,11 @@ def get_config(arg=None):
     c = default.get_config()
     c.data.seq_len = a.seq_len
     c.train.update(batch_size=a.batch, steps=max(a.steps, 1), log_every_steps=10)
-    c.optim.update(lr=a.lr, min_lr=0.0, warmup_steps=0, weight_decay=0.01)
+    c.optim.update(lr=a.lr, min_lr=0.0, warmup_steps=0, weight_decay=0.01, schedule="linear")
     c.eval.update(every_steps=100, batch_size=64)
     c.checkpoint.every_steps = 100
     del c.sample  # read by pretraining only; `gptjax sample --workdir=...` samples from any workdir
-    c.finetune = f = run.config_section()
+    c.finetune = f = finetune_config.section()
     f.update(kind="classify", source="genre", task_type="classification", fields=("text",), label_field="label",
-             labels=data.GENRES, lm_weight=0.5, epochs=0.0 if a.steps else a.epochs, warmup_fraction=0.002,
-             schedule="linear", lora_rank=a.lora)
+             labels=data.GENRES, lm_weight=0.5, epochs=0.0 if a.steps else a.epochs, warmup_fraction=0.002, lora_rank=a.lora)
     return c

@@ -5,12 +5,9 @@ the pretrained weights stay frozen (so do the three new token embeddings). Highe
       --config.train.init_from=runs/shakespeare
 """
 
-import importlib.util
-import pathlib
+from gptjax import configs
 
-_spec = importlib.util.spec_from_file_location("genre", pathlib.Path(__file__).with_name("genre.py"))
-genre = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(genre)
+genre = configs.sibling(__file__, "genre")
 
 
 def get_config(arg=None):

@@ -18,8 +18,8 @@ A TFDS dataset is read without TensorFlow, so it must be prepared once as array_
 
 from gptjax import configs
 from gptjax.configs import default
+from gptjax.configs import finetune as finetune_config
 from gptjax.errors import ConfigError
-from gptjax.finetune import run
 
 TASKS = {
     "sst2": ("tfds:glue/sst2", "classification", ("sentence",), ("0", "1"), "validation"),
@@ -39,11 +39,11 @@ def get_config(arg=None):
     c.model.dropout = 0.1
     c.data.seq_len = a.seq_len
     c.train.update(batch_size=32, steps=1, log_every_steps=50)
-    c.optim.update(lr=6.25e-5, min_lr=0.0, warmup_steps=0, weight_decay=0.01, b1=0.9, b2=0.999)
+    c.optim.update(lr=6.25e-5, min_lr=0.0, warmup_steps=0, weight_decay=0.01, b1=0.9, b2=0.999, schedule="linear")
     c.eval.update(every_steps=500, batch_size=64)
     c.checkpoint.every_steps = 500
     del c.sample  # read by pretraining only
-    c.finetune = f = run.config_section()
+    c.finetune = f = finetune_config.section()
     f.update(kind="classify", source=source, task_type=task_type, fields=fields, label_field="label", labels=labels,
-             tfds_val_split=val_split, lm_weight=0.5, epochs=3.0, warmup_fraction=0.002, schedule="linear")
+             tfds_val_split=val_split, lm_weight=0.5, epochs=3.0, warmup_fraction=0.002)
     return c

@@ -9,14 +9,9 @@ Reviews keep their first seq_len tokens (GPT-1's truncation of the longest field
 prepared elsewhere than TFDS's default (~/tensorflow_datasets).
 """
 
-import importlib.util
-import pathlib
-
 from gptjax import configs
 
-_spec = importlib.util.spec_from_file_location("glue", pathlib.Path(__file__).with_name("glue.py"))
-glue = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(glue)
+glue = configs.sibling(__file__, "glue")
 
 
 def get_config(arg=None):

@@ -5,15 +5,16 @@ is conservative DPO. The reward model still scores the policy's samples (`reward
   gptjax train --config=experiments/rlhf/genre_dpo.py --workdir=runs/rlhf/genre_dpo
 """
 
-from gptjax.configs import rlhf
+from gptjax import configs
+
+_genre = configs.sibling(__file__, "_genre")
 
 
 def get_config(arg=None):
-    c, a = rlhf.genre("dpo", arg, steps=150, beta=0.1, smoothing=0.0, lr=1e-4)
+    c, a = _genre.genre("dpo", arg, steps=150, beta=0.1, smoothing=0.0, lr=1e-4)
     c.train.update(steps=a.steps, batch_size=32)
     c.optim.update(lr=a.lr)
     c.eval.update(every_steps=25, batch_size=64)
     c.checkpoint.every_steps = 50
     c.rl.update(beta=a.beta, label_smoothing=a.smoothing)
-    del c.sample  # read by pretraining only
     return c

@@ -5,14 +5,15 @@ value function.
   gptjax train --config=experiments/rlhf/genre_grpo.py --workdir=runs/rlhf/genre_grpo
 """
 
-from gptjax.configs import rlhf
+from gptjax import configs
+
+_genre = configs.sibling(__file__, "_genre")
 
 
 def get_config(arg=None):
-    c, a = rlhf.genre("grpo", arg, steps=80, kl=0.1, group=4, lr=1e-4)
+    c, a = _genre.genre("grpo", arg, steps=80, kl=0.1, group=4, lr=1e-4)
     c.train.steps = a.steps
     c.optim.update(lr=a.lr)
     c.eval.update(every_steps=10)
     c.rl.update(rollout_batch=16, group_size=a.group, epochs=2, minibatch=32, kl_coef=a.kl)
-    del c.sample  # read by pretraining only
     return c

@@ -9,15 +9,16 @@ Each iteration samples 64 continuations of 16-token play openings, scores them w
 (true_reward, logged only), and takes 2 epochs of 32-row minibatches. `ptx=0.5` adds InstructGPT's pretraining loss.
 """
 
-from gptjax.configs import rlhf
+from gptjax import configs
+
+_genre = configs.sibling(__file__, "_genre")
 
 
 def get_config(arg=None):
-    c, a = rlhf.genre("ppo", arg, steps=80, kl=0.1, kl_target=10.0, kl_horizon=500, ptx=0.0, lr=1e-4)
+    c, a = _genre.genre("ppo", arg, steps=80, kl=0.1, kl_target=10.0, kl_horizon=500, ptx=0.0, lr=1e-4)
     c.train.steps = a.steps
     c.optim.update(lr=a.lr)
     c.eval.update(every_steps=10)
     c.rl.update(rollout_batch=64, epochs=2, minibatch=32, kl_coef=a.kl, kl_target=a.kl_target,
                 kl_horizon=a.kl_horizon, ptx_coef=a.ptx, vf_coef=0.1, gamma=1.0, lam=0.95)
-    del c.sample  # read by pretraining only
     return c

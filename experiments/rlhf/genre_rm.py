@@ -9,15 +9,16 @@ logs val_accuracy (pairwise accuracy on the held-out 10% of prompts) and writes 
 samples average reward 0).
 """
 
-from gptjax.configs import rlhf
+from gptjax import configs
+
+_genre = configs.sibling(__file__, "_genre")
 
 
 def get_config(arg=None):
-    c, a = rlhf.genre("reward", arg, prompts=384, steps=100)
+    c, a = _genre.genre("reward", arg, prompts=384, steps=100)
     c.train.update(steps=a.steps, batch_size=16)
     c.optim.update(lr=1e-4, warmup_steps=20)
     c.eval.update(every_steps=25, batch_size=32)
     c.checkpoint.every_steps = 50
     c.rl.update(num_prompts=a.prompts, num_responses=4)
-    del c.sample  # read by pretraining only
     return c

@@ -28,6 +28,7 @@ text (lvwerra/gpt2-imdb), which `policy=` accepts. The other stages' settings ar
 """
 
 from gptjax import configs
+from gptjax.configs import rl as rl_config
 from gptjax.errors import ConfigError
 
 WORKDIRS = dict(policy="runs/gpt2", judge="runs/imdb", label="1", rm="runs/rlhf/imdb_rm", data_dir="")
@@ -50,16 +51,14 @@ def _stage(arg) -> str:
 def get_config(arg=None):
     stage = _stage(arg)
     a = configs.parse_arg(arg, stage=stage, **WORKDIRS, **STAGES[stage])
-    from gptjax.rl import run
-
-    c = configs.default.get_config()
+    c = configs.get_config()
     c.model.dropout = 0.0  # ppo and grpo compare the policy with the one that sampled
     c.train.update(init_from=a.policy, steps=a.steps, log_every_steps=5)
     c.optim.update(lr=a.lr, warmup_steps=10, weight_decay=0.0, min_lr=0.0)
     c.eval.every_steps = 20
     c.checkpoint.update(every_steps=50, keep=2)
     del c.sample  # read by pretraining only; sample with `gptjax sample --workdir=...`
-    c.rl = r = run.config_section()
+    c.rl = r = rl_config.section()
     r.update(stage=stage, judge_from=a.judge, judge_label=a.label, prompts="tfds:imdb_reviews", prompt_field="text",
              data_dir=a.data_dir, prompt_tokens=8, response_tokens=16, probe_prompts=64)
     if stage == "reward":

@@ -4,6 +4,18 @@ from gptjax.configs.default import ConfigError, finalize, get_config, validate  
 from gptjax.configs.presets import PAPER_PARAMS, PRESETS, apply_preset  # noqa: F401
 
 
+def sibling(file: str, name: str):
+    """The experiment file `name`.py beside the experiment file `file`, as a module: settings that a family of
+    experiment files shares (experiments/rlhf/_genre.py). Experiment files are loaded by path, not as a package."""
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(name, pathlib.Path(file).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def parse_arg(arg: str | None, **defaults):
     """Parses an experiment argument `key=value,key=value` into a ConfigDict of `defaults`' types.
 

@@ -6,10 +6,11 @@ dict refuses unknown keys. `validate` checks what types cannot: a config that co
 
 import ml_collections
 
-from gptjax import kernels
-from gptjax.configs import presets, smoke
+from gptjax.configs import finetune, presets, rl, smoke
+from gptjax.configs.model import ATTENTION_IMPLS, LOSS_IMPLS, NORM_IMPLS, REMAT_POLICIES, model_config_dict
 from gptjax.errors import ConfigError
-from gptjax.model import REMAT_POLICIES, model_config_dict
+
+SCHEDULES = ("cosine", "linear", "constant")  # optim.schedule (gptjax/optimizer.py)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -53,11 +54,13 @@ def get_config() -> ml_collections.ConfigDict:
     o.weight_decay = 0.1
     o.decay_embeddings = False
     o.clip_norm = 1.0  # 0: no clipping
+    o.schedule = "cosine"  # cosine | linear | constant, after a linear warmup (gptjax/optimizer.py)
 
     c.eval = e = ml_collections.ConfigDict()
     e.every_steps = 200
     e.steps = 20
     e.batch_size = 0  # 0: train.batch_size
+    e.max_examples = 0  # runs validated on examples (fine-tuning, reward model, DPO): at most this many (0: all)
     # In-context evaluation during training (gptjax/evals): task specs, each at every K in tasks_shots, on
     # tasks_limit examples, every tasks_every_steps steps (0: eval.every_steps); logged as icl/<task>/<K>shot_<metric>.
     e.tasks = ()
@@ -137,8 +140,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(m.norm in ("pre", "post"), "model.norm", f"{m.norm!r} is not one of pre, post")
     need(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
     need(m.activation in ("gelu", "relu"), "model.activation", f"{m.activation!r} is not one of gelu, relu")
-    for key, allowed in (("attention_impl", kernels.ATTENTION_IMPLS), ("norm_impl", kernels.NORM_IMPLS),
-                         ("loss_impl", kernels.LOSS_IMPLS)):
+    for key, allowed in (("attention_impl", ATTENTION_IMPLS), ("norm_impl", NORM_IMPLS), ("loss_impl", LOSS_IMPLS)):
         need(m[key] in allowed, f"model.{key}", f"{m[key]!r} is not one of {', '.join(allowed)}")
     for key in ("param_dtype", "dtype"):
         need(m[key] in ("float32", "bfloat16", "float16", "float64"), f"model.{key}",
@@ -160,6 +162,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f"{t.grad_accum_steps} micro-batches do not divide train.batch_size={t.batch_size}")
     need(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
     need(o.lr > 0 and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"needs 0 <= min_lr <= lr, got {o.min_lr} and {o.lr}")
+    need(o.schedule in SCHEDULES, "optim.schedule", f"{o.schedule!r} is not one of {', '.join(SCHEDULES)}")
     need(c.eval.every_steps > 0 and c.eval.steps > 0, "eval.every_steps", "eval.every_steps and eval.steps must be positive")
     need(c.checkpoint.every_steps > 0, "checkpoint.every_steps", f"must be positive, got {c.checkpoint.every_steps}")
     need(c.checkpoint.keep > 0, "checkpoint.keep", f"must be positive, got {c.checkpoint.keep}")
@@ -167,3 +170,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(len(shape) == 3 and all(isinstance(s, int) and (s > 0 or s == -1) for s in shape)
          and list(shape).count(-1) <= 1, "mesh.shape",
          f"{shape} is not three positive sizes (data, fsdp, tensor) with at most one -1")
+    sections = [name for name in ("finetune", "rl") if name in c]
+    need(len(sections) <= 1, sections[-1] if sections else "", "a config fine-tunes (a finetune section) or runs an "
+         "rl stage (an rl section), not both")
+    if "finetune" in c:
+        finetune.validate(c)
+    if "rl" in c:
+        rl.validate(c)

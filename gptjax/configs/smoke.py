@@ -10,9 +10,9 @@ What shrinks (the config is otherwise as given, so a bad key or value fails as i
 train.steps to 2 (also for a fine-tuning run that counts epochs), the batch to 8 sequences (kept whole for
 `gptjax plan`, whose mesh must split it), every model to at most 4 layers and 8 heads of 16 dimensions, training
 sequences to 64 tokens (128 for plans; fine-tuning keeps its own), a trained sentencepiece vocabulary to 512 pieces,
-evaluation to one batch and 4 examples per task, sampling to 16 tokens, and the RL section's sizes (prompts,
-rollouts, minibatches of 8 rows, epochs). The shrunk config is what the workdir's config.json records; a run resumed
-without GPTJAX_SMOKE refuses it as a different model.
+evaluation to one batch, 4 examples per task and 16 validation examples, sampling to 16 tokens, and the RL section's
+sizes (prompts, rollouts, minibatches of 8 rows, epochs); a sweep runs its first two entries. The shrunk config is
+what the workdir's config.json records; a run resumed without GPTJAX_SMOKE refuses it as a different model.
 """
 
 import math
@@ -50,6 +50,8 @@ def shrink(c, plan: bool = False):
     e.steps, e.every_steps = 1, min(e.every_steps, t.steps)
     _cap(e, "batch_size", t.batch_size)
     _cap(e, "tasks_limit", EVAL_EXAMPLES)
+    if "max_examples" in e:  # fine-tuning, reward and DPO validation: a few examples, not the whole split
+        e.max_examples = min(e.max_examples or 4 * EVAL_EXAMPLES, 4 * EVAL_EXAMPLES)
     e.tasks_every_steps = min(e.tasks_every_steps, t.steps)
     k.every_steps = min(k.every_steps, t.steps)
     heads = min(m.num_heads, HEADS)

@@ -2,7 +2,7 @@
 
 Its three request types run on `gptjax.evals.scoring.Scorer` (sorted, bucketed, sharded over the mesh), so lm-eval's
 numbers for a task are gptjax's own. After `pip install -e ".[eval]"`, lm-eval's own command line finds it (the
-installed gptjax-lm-eval.pth registers it when lm-eval loads its model table; see `lm_eval_hook`):
+installed gptjax-lm-eval.pth registers it when lm-eval loads its model table; see `lm_eval_registration`):
 
     lm_eval --model gptjax --model_args workdir=runs/shakespeare --tasks lambada_openai
 
@@ -12,7 +12,7 @@ after `import gptjax.evals.harness` (or with the .pth installed): `lm_eval.simpl
 model_args="workdir=DIR", ...)`.
 
 The name is registered the one way the .pth registers it, as the lazy target `gptjax.evals.harness:GptjaxLM`
-(`lm_eval_hook.register`), and only where it is missing: lm-eval 0.4.13 refuses a second registration of a
+(`lm_eval_registration.register`), and only where it is missing: lm-eval 0.4.13 refuses a second registration of a
 different target, and under `python -m` this file runs as `__main__`, whose class is not the one lm-eval loads.
 model_args: workdir (required), tokens_per_batch (rows per batch x bucket length, default 4096).
 """
@@ -23,7 +23,7 @@ import lm_eval.models  # noqa: F401  lm-eval's own table first: registering into
 from lm_eval.api.model import LM
 from lm_eval.api.registry import model_registry
 
-from gptjax.evals import lm_eval_hook
+from gptjax.evals import lm_eval_registration
 
 
 class GptjaxLM(LM):
@@ -61,7 +61,7 @@ class GptjaxLM(LM):
         return self.scorer.generate_until(reqs)
 
 
-lm_eval_hook.register(model_registry)  # a no-op where the .pth registered it when lm_eval.models loaded
+lm_eval_registration.register(model_registry)  # a no-op where the .pth registered it when lm_eval.models loaded
 
 
 def cli():

@@ -7,9 +7,7 @@ string form must be one of `labels` (its index is the class; for multiple choice
 right answer). Bad input is one DataError naming the file and line (JSONL), or the dataset and record (TFDS).
 """
 
-import math
 import re
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -179,37 +177,11 @@ def encode_classification(recs, tokenizer, f, specials: transforms.Specials, seq
     return Encoded(inputs, lengths, np.asarray(ys, np.int32), [w for w, _ in recs])
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed % 2**32, epoch, 7]).permutation(n)
-
-
-def row_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """Example indices of the global batch at `step`: consecutive slices of a fresh permutation per epoch (an
-    epoch's tail is taken from the next epoch's start), a pure function of (seed, step)."""
-    first = step * batch_size
-    idx = []
-    while len(idx) < batch_size:
-        epoch, off = divmod(first + len(idx), n)
-        take = min(batch_size - len(idx), n - off)
-        idx.extend(epoch_order(n, seed, epoch)[off:off + take])
-    return np.asarray(idx)
-
-
-def classification_batch(enc: Encoded, idx: np.ndarray, weight=None) -> dict:
-    """Rows `idx` as a batch dict (label and weight [N, 1]); `weight` 0 marks padding rows."""
-    weight = np.ones(len(idx), np.float32) if weight is None else weight
-    return {"inputs": enc.inputs[idx], "lengths": enc.lengths[idx], "label": enc.labels[idx][:, None],
-            "weight": weight[:, None].astype(np.float32)}
-
-
-def eval_batches(enc: Encoded, batch_size: int, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-    """Every example once, in order, in global batches of `batch_size`; the last batch is padded with weight-0
-    copies of example 0. Yields this process's rows."""
-    local = batch_size // process_count
-    for b in range(math.ceil(len(enc) / batch_size)):
-        idx = b * batch_size + process_index * local + np.arange(local)
-        weight = (idx < len(enc)).astype(np.float32)
-        yield classification_batch(enc, np.where(idx < len(enc), idx, 0), weight)
+def classification_arrays(enc: Encoded) -> dict:
+    """Encoded examples as rows of arrays (label and weight [N, 1], the trailing axis because the trainer splits
+    every batch leaf as (batch, None); weight 0 marks the padding rows of a last eval batch)."""
+    return {"inputs": enc.inputs, "lengths": enc.lengths, "label": enc.labels[:, None],
+            "weight": np.ones((len(enc), 1), np.float32)}
 
 
 # --- instruction tuning --------------------------------------------------------------------------------------

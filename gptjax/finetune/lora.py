@@ -1,6 +1,7 @@
 """LoRA (Hu et al. 2021): W + (alpha / r) A B on chosen kernels, A (in, r) random, B (r, out) zero, so a fresh
-adapter leaves the model unchanged. Only the adapters (and the task head) train: the optimizer is masked so the
-frozen weights have no optimizer state, which shows in the checkpoint's `train` item.
+adapter leaves the model unchanged. Only the adapters (and the task head) train: the objective names the frozen
+base (`frozen`), and `optimizer.make_optimizer` gives it no updates and no optimizer state (optax's partition with
+set_to_zero), which shows in the checkpoint's `train` item.
 
 The adapters act on the params, not the activations: the step adds (alpha / r) A B to each adapted kernel before
 the forward pass (one in x r x out matmul per kernel per step, small next to the forward). `merge` does it once and
@@ -15,7 +16,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import optax
 
 TARGETS = {"qkv": ("qkv_kernel", 1), "out": ("out_kernel", 2), "fc": ("fc_kernel", 1), "proj": ("proj_kernel", 1)}
 _NDIM = {"qkv_kernel": 4, "out_kernel": 3, "fc_kernel": 2, "proj_kernel": 2}
@@ -62,35 +62,3 @@ def merge(params, adapters: dict, alpha: float, rank: int):
         return leaf + delta.reshape(leaf.shape).astype(leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(add, params)
-
-
-def _split(params, frozen_prefix: tuple):
-    """(params without the subtree at `frozen_prefix`, that subtree)."""
-    key, rest = frozen_prefix[0], frozen_prefix[1:]
-    if not rest:
-        return {k: v for k, v in params.items() if k != key}, params[key]
-    inner, frozen = _split(params[key], rest)
-    return {**params, key: inner}, frozen
-
-
-def _join(trainable, frozen, frozen_prefix: tuple):
-    key, rest = frozen_prefix[0], frozen_prefix[1:]
-    if not rest:
-        return {**trainable, key: frozen}
-    return {**trainable, key: _join(trainable[key], frozen, rest)}
-
-
-def masked_optimizer(tx: optax.GradientTransformation, frozen_prefix: tuple) -> optax.GradientTransformation:
-    """`tx` on every leaf outside the subtree at `frozen_prefix` (the base model); that subtree gets zero updates
-    and no optimizer state at all (the state is `tx`'s state of the trainable leaves only, a plain tree)."""
-
-    def init(params):
-        return tx.init(_split(params, frozen_prefix)[0])
-
-    def update(grads, state, params=None):
-        g, frozen_g = _split(grads, frozen_prefix)
-        p = None if params is None else _split(params, frozen_prefix)[0]
-        updates, state = tx.update(g, state, p)
-        return _join(updates, jax.tree.map(jnp.zeros_like, frozen_g), frozen_prefix), state
-
-    return optax.GradientTransformation(init, update)

@@ -16,7 +16,8 @@ field (the earliest field on ties), one at a time, until it fits; the special to
 
 import dataclasses
 
-TASK_TYPES = ("classification", "entailment", "similarity", "multiple_choice")
+from gptjax.configs.finetune import TASK_TYPES  # noqa: F401  (the input transformations)
+
 NUM_SPECIAL = 3
 
 

@@ -19,12 +19,10 @@ import sys
 import jax
 import jax.numpy as jnp
 
+from gptjax.configs.model import ATTENTION_IMPLS, LOSS_IMPLS, NORM_IMPLS  # noqa: F401  (the switch's values)
 from gptjax.errors import ConfigError
 from gptjax.kernels import cpu_fused, reference
 
-ATTENTION_IMPLS = ("auto", "reference", "cpu_fused", "cudnn", "splash")
-NORM_IMPLS = ("auto", "reference", "cpu_fused")
-LOSS_IMPLS = NORM_IMPLS
 _AUTO_ATTENTION = {"cpu": "cpu_fused", "gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}
 _announced = set()
 _target = []  # platforms being compiled for ahead of time (gptjax plan), innermost last
@@ -104,7 +102,8 @@ def attention(impl: str, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, keep_BxHxT
     if impl == "splash":
         from gptjax.kernels import splash
 
-        return splash.attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, segment_ids_BxT), None
+        return splash.attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, segment_ids_BxT,
+                                interpret=platform() != "tpu"), None
     raise ConfigError(f"model.attention_impl: {impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
 
 

@@ -30,10 +30,8 @@ def _kernel(T: int, H: int, interpret: bool):
     return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, segment_ids_BxT=None):
-    from gptjax import kernels
-
-    interpret = kernels.platform() != "tpu"
+def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, segment_ids_BxT=None, interpret: bool = False):
+    """`interpret`: run the kernel in Pallas' interpreter (off TPU; the tests hold it to the reference on CPU)."""
     heads = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731
     q_BxHxTxK = heads(q_BxTxHxK * (1 / math.sqrt(q_BxTxHxK.shape[-1])))
     k_BxHxSxK, v_BxHxSxK = heads(k_BxSxHxK), heads(v_BxSxHxK)

@@ -11,7 +11,7 @@ import numpy as np
 from gptjax import checkpoint, sharding
 from gptjax.errors import ConfigError
 from gptjax.finetune import data as ft_data
-from gptjax.finetune import heads, tasks, transforms
+from gptjax.finetune import heads, objectives, transforms
 from gptjax.model import ModelConfig
 from gptjax.tokenizer import load_tokenizer
 
@@ -31,9 +31,9 @@ class Judge:
         self.seq_len, self.batch_size, self.mesh = config.data.seq_len, batch_size, mesh
         model_cfg = ModelConfig.from_config(config.model)
         self.specials = transforms.Specials.after(model_cfg.vocab_size - transforms.NUM_SPECIAL)
-        lora = tasks.LoraSpec(f.lora_rank, f.lora_alpha, tuple(f.lora_targets)) if f.lora_rank else None
+        lora = objectives.LoraSpec(f.lora_rank, f.lora_alpha, tuple(f.lora_targets)) if f.lora_rank else None
         model = heads.ClassifierGPT(model_cfg, len(labels), heads.COMBINE[f.task_type])
-        task = tasks.Classification(self.seq_len, 1, 0.0, model_cfg.loss_impl, lora)
+        task = objectives.Classification(self.seq_len, 1, 0.0, model_cfg.loss_impl, lora)
         rules = sharding.hashable_rules(config.mesh.logical_axis_rules)
         with jax.set_mesh(mesh):
             abstract, _ = sharding.abstract_state(
@@ -48,12 +48,13 @@ class Judge:
         recs = [(f"text {i}", {**{k: "" for k in self.f.fields}, self.f.fields[0]: t, self.f.label_field: self.label})
                 for i, t in enumerate(texts)]
         enc = ft_data.encode_classification(recs, self.tokenizer, self.f, self.specials, self.seq_len)
+        rows = ft_data.classification_arrays(enc)
         B = self.batch_size
         out = []
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             for start in range(0, len(enc), B):
                 idx = np.arange(start, start + B)
-                batch = ft_data.classification_batch(enc, np.minimum(idx, len(enc) - 1))
+                batch = {k: v[np.minimum(idx, len(enc) - 1)] for k, v in rows.items()}
                 batch = jax.device_put(batch, self._batch_sharding)  # every process holds all the texts
                 out.append(sharding.to_host(self._scores(self.params, batch)))
         return np.concatenate(out)[:len(texts)].astype(np.float32)

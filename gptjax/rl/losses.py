@@ -208,6 +208,19 @@ def dpo_loss(policy_chosen_B, policy_rejected_B, ref_chosen_B, ref_rejected_B, b
     return loss, stats
 
 
+def leave_one_out_advantages(rewards_N, group_size):
+    """RLOO's advantages (Ahmadian et al. 2024; Kool et al. 2019): N = P * G rewards, consecutive groups of G >= 2
+    responses per prompt; each reward minus the mean of the other G - 1 of its group, i.e. G / (G - 1) times its
+    deviation from the group mean."""
+    rewards_N = jnp.asarray(rewards_N)
+    n = rewards_N.shape[0]
+    if group_size < 2 or n % group_size:
+        raise ValueError(f"group_size {group_size} must be at least 2 and divide the number of rewards {n}")
+    r_PxG = rewards_N.astype(jnp.promote_types(rewards_N.dtype, jnp.float32)).reshape(-1, group_size)
+    baseline_PxG = (r_PxG.sum(axis=1, keepdims=True) - r_PxG) / (group_size - 1)
+    return (r_PxG - baseline_PxG).reshape(n)
+
+
 def group_advantages(rewards_N, group_size, scale=True):
     """GRPO's advantages (Shao et al. 2024): N = P * G rewards, consecutive groups of G responses per prompt;
     (r - group mean) / (group std + 1e-4) when scale, else r - group mean.
@@ -253,3 +266,7 @@ class KLController:
     def from_state(cls, state):
         """The controller that `state()` described, in the same place of its adaptation."""
         return cls(state["value"], state["target"], state["horizon"])
+
+    def restore(self, state) -> None:
+        """Back to where `state()` was taken (a resumed run)."""
+        self.__init__(state["value"], state["target"], state["horizon"])

@@ -1,5 +1,5 @@
 """Fine-tuning tasks for `trainer.Trainer`: GPT-1 classification with the auxiliary LM loss, and instruction
-tuning (next-token loss on response tokens only, `tasks.LanguageModeling` with loss weights). Both optionally
+tuning (next-token loss on response tokens only, `lm_objectives.LanguageModeling` with loss weights). Both optionally
 train LoRA adapters instead of the whole model.
 
 Params are {"model": the model's params} and, with LoRA, {"lora": adapters}: the step adds the adapters to the
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gptjax import tasks
+from gptjax import objectives as lm_objectives
 from gptjax.finetune import lora as lora_lib
 from gptjax.model import cross_entropy
 
@@ -51,9 +51,11 @@ class _Adapted:
     def _merge(self, model_params, adapters):
         return lora_lib.merge(model_params, adapters, self.lora.alpha, self.lora.rank)
 
-    def optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
-        """`tx`, masked to the adapters and the head when LoRA is on."""
-        return tx if self.lora is None else lora_lib.masked_optimizer(tx, self.frozen_prefix)
+    @property
+    def frozen(self) -> tuple:
+        """The param subtrees the optimizer leaves alone (`optimizer.make_optimizer(frozen=...)`): the base model
+        when LoRA is on (the adapters and any head train)."""
+        return () if self.lora is None else (self.frozen_prefix,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +132,7 @@ class Classification(_Adapted):
 @dataclasses.dataclass(frozen=True)
 class InstructionTuning(_Adapted):
     """Next-token loss with per-token weights (1 on response tokens, 0 on the prompt and padding) and segment ids
-    when several examples are packed in a row: `tasks.LanguageModeling`'s loss on the (LoRA-)merged params."""
+    when several examples are packed in a row: `lm_objectives.LanguageModeling`'s loss on the (LoRA-)merged params."""
 
     seq_len: int
     loss_impl: str = "auto"
@@ -138,7 +140,7 @@ class InstructionTuning(_Adapted):
 
     @property
     def lm(self):
-        return tasks.LanguageModeling(self.seq_len, self.loss_impl)
+        return lm_objectives.LanguageModeling(self.seq_len, self.loss_impl)
 
     def example_batch(self) -> dict:
         z = np.zeros((1, self.seq_len), np.int32)

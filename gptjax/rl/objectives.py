@@ -1,6 +1,6 @@
-"""What each stage of learning from preferences trains, as `trainer.Task`s over batch dicts: the reward model
-(pairwise ranking loss), DPO, and the PPO and GRPO updates on rollout minibatches. Rollouts, rewards and advantages
-are made outside (rl/policy.py); these are the differentiable parts. Every row is a prompt followed by a response
+"""What each stage of learning from preferences trains, as `trainer.Objective`s over batch dicts: the reward model
+(pairwise ranking loss), DPO, and the PPO, GRPO and RLOO updates on rollout minibatches. Rollouts, rewards and
+advantages are made outside (rl/rollouts.py); these are the differentiable parts. Every row is a prompt followed by a response
 (rl/models.py::layout)."""
 
 import dataclasses
@@ -183,5 +183,5 @@ class PolicyUpdate:
             total, aux = total + self.ptx_coef * ptx, {**aux, "ptx_loss": ptx}
         return total, aux
 
-    def evaluate(self, model, params, batch) -> dict:  # policies are evaluated by rollouts (rl/policy.py::probe)
+    def evaluate(self, model, params, batch) -> dict:  # policies are evaluated by rollouts (rl/probe.py)
         return {}

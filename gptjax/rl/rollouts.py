@@ -1,10 +1,10 @@
-"""Rollouts and their scores: what PPO and GRPO learn from, and what every policy stage is measured by.
+"""Rollouts, their scores and their advantages: what PPO, GRPO and RLOO learn from.
 
 `Scorers` holds the frozen models a rollout is scored with: the reference policy (KL), the reward model (`reward`,
 normalised so the starting model's samples average 0) and the judge (`true_reward`, the experiment's ground truth).
 `Rollouts` samples responses with the jitted sampler (`sampling.sample_batch`, which returns the log-probabilities of
-the distribution each token was drawn from) and scores them. `probe` samples held-out prompts with a fixed key: the
-measurement that PPO, GRPO and DPO runs are compared by.
+the distribution each token was drawn from) and scores them. The advantages of each method turn a scored rollout
+into what `objectives.PolicyUpdate` trains on; `rl/probe.py` measures policies on held-out prompts.
 """
 
 import dataclasses
@@ -17,7 +17,7 @@ import numpy as np
 from gptjax import sampling, sharding
 from gptjax.rl import losses
 from gptjax.rl.models import last_response_entry
-from gptjax.rl.tasks import forward, response_logprobs
+from gptjax.rl.objectives import forward, response_logprobs
 
 
 @dataclasses.dataclass
@@ -113,36 +113,19 @@ def ppo_advantages(roll, values_BxN, kl_coef, gamma: float, lam: float, whiten: 
             "explained_variance": losses.explained_variance(values_BxN, returns, mask)}
 
 
+def rloo_advantages(roll, group_size: int, kl_coef) -> dict:
+    """RLOO's targets (Ahmadian et al. 2024): each response's reward less kl_coef times its sequence KL to the
+    reference (the KL in the reward, as in RLHF), minus the mean of that of the other `group_size` - 1 responses to
+    the same prompt (consecutive rows): REINFORCE with a leave-one-out baseline, the same for every token."""
+    mask = roll["mask"]
+    kl_B = jnp.sum(losses.kl_penalty(roll["old_logp"], roll["ref_logp"]) * mask, axis=1)
+    adv = losses.leave_one_out_advantages(roll["reward"] - kl_coef * kl_B, group_size)
+    return {"advantages": adv[:, None] * mask}
+
+
 def grpo_advantages(roll, group_size: int) -> dict:
     """GRPO's targets (Shao et al. 2024): each response's reward normalised within its group of `group_size`
     consecutive rows (the same prompt), the same for every token of the response; the reference's log-probs for the
     KL term in the loss."""
     adv = losses.group_advantages(roll["reward"], group_size)
     return {"advantages": adv[:, None] * roll["mask"], "ref_logp": roll["ref_logp"]}
-
-
-def probe(rollouts: Rollouts, params, prompt, prompt_mask, seed: int) -> tuple[dict, list]:
-    """Held-out prompts sampled with a fixed key: (eval_reward, eval_true_reward, eval_kl, eval_response_length),
-    and the first rows as (prompt, response) texts."""
-    roll = rollouts.sample(params, prompt, prompt_mask, jax.random.fold_in(jax.random.key(seed), 2**30))
-    true = rollouts.true_reward(roll)
-    values = {f"eval_{k}": float(v) for k, v in jax.device_get(rollouts.summary(roll, true)).items()}
-    return values, examples(rollouts, roll, true, 3)
-
-
-def examples(rollouts: Rollouts, roll, true_reward, n: int) -> list[dict]:
-    """The first n rollouts as text, with their scores (for rollouts.jsonl and the log)."""
-    tok = rollouts.s.tokenizer
-    prompts = sharding.to_host(roll["prompt"])[:n]
-    pmask = sharding.to_host(roll["prompt_mask"])[:n]
-    texts = rollouts.texts(roll)[:n]
-    reward = sharding.to_host(roll["reward"])[:n] if "reward" in roll else [None] * n
-    out = []
-    for i in range(min(n, len(texts))):
-        row = {"prompt": tok.decode([int(t) for t, m in zip(prompts[i], pmask[i]) if m]), "response": texts[i]}
-        if reward[i] is not None:
-            row["reward"] = round(float(reward[i]), 4)
-        if true_reward is not None:
-            row["true_reward"] = round(float(true_reward[i]), 4)
-        out.append(row)
-    return out
