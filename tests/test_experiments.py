@@ -12,8 +12,10 @@ from runs of the real experiments made here, on first use, and passed as the exp
 
 RUNS is the table of runs; `test_every_documented_argument_is_run` (the guard) checks that every
 `experiments/...py:ARGS` of README.md, docs/*.md and the experiments' docstrings, and every `key=value` an
-experiment's docstring lists, is among them, and that every file under experiments/ is. Evaluations run with
-`--config.limit=4` (`gptjax eval` does not shrink under GPTJAX_SMOKE; the configs score hundreds of examples).
+experiment's docstring lists, is among them, and `test_every_experiment_file_is_run` that every file under
+experiments/ and every size preset is. Evaluations run with `--config.limit=4` (`gptjax eval` does not shrink under
+GPTJAX_SMOKE; the configs score hundreds of examples). Two cheap runs (an ICL pretraining, an SST-2 fine-tune)
+are in the fast tier; the rest, about 70 runs, are `slow` (about 15 minutes on 2 shared cores).
 """
 
 import dataclasses
@@ -127,6 +129,7 @@ RUNS = [
     Run("rlhf/genre_dpo.py", f"{RL_GENRE},rm={{genre_rm}}"),
     Run("rlhf/genre_dpo.py", f"{RL_GENRE},rm={{genre_rm}},smoothing=0.1"),
     Run("rlhf/genre_grpo.py", f"{RL_GENRE},rm={{genre_rm}}"),
+    Run("rlhf/genre_rloo.py", f"{RL_GENRE},rm={{genre_rm}}"),
     # ... and on IMDB, from the imported GPT-2 with the IMDB classifier as the judge
     Run("rlhf/imdb_sentiment.py", f"stage=reward,{RL_IMDB},label=1,prompts=16,steps=2,lr=1e-5", name="imdb_rm"),
     Run("rlhf/imdb_sentiment.py", f"stage=ppo,{RL_IMDB},rm={{imdb_rm}},kl=0.2,kl_target=6"),
@@ -514,7 +517,8 @@ def test_every_documented_argument_is_run():
 
 
 def test_every_experiment_file_is_run():
-    files = {str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.rglob("*.py")}
+    files = {str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.rglob("*.py")
+             if not p.name.startswith("_")}  # _name.py: settings that experiment files share (configs.sibling)
     run = {r.file for r in RUNS} | {f for f, _, _ in SWEEP_ENTRIES}
     assert files - run == set(), f"experiment files no test runs: {sorted(files - run)}"
     assert run - files == set(), f"runs of files that are gone: {sorted(run - files)}"
