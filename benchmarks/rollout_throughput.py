@@ -61,7 +61,8 @@ from gptjax import optimizer, sampling, sharding
 from gptjax.configs import smoke
 from gptjax.convert import hf
 from gptjax.model import GPT, ModelConfig
-from gptjax.rl import losses, policy
+from gptjax.rl import losses
+from gptjax.rl import rollouts as policy
 from gptjax.rl.models import ScalarHeadGPT
 from gptjax.rl.objectives import PolicyUpdate
 from gptjax.trainer import Trainer

@@ -50,9 +50,9 @@ def _gather(x_BxWx, idx_BxK):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "beam_size", "alpha", "eos_id", "early_stop",
-                                                "rules"))
+                                                "rules", "vocab"))
 def search(model, params, tokens_BxP, mask_BxP, *, max_new_tokens, beam_size, alpha, eos_id, early_stop=True,
-           rules=()) -> Result:
+           rules=(), vocab=0) -> Result:
     B, P = tokens_BxP.shape
     N, W = max_new_tokens, beam_size
     with nn.logical_axis_rules(rules):
@@ -65,7 +65,7 @@ def search(model, params, tokens_BxP, mask_BxP, *, max_new_tokens, beam_size, al
 
         def body(s: _Beams) -> _Beams:
             t = s.step
-            logp_BxWxV = jax.nn.log_softmax(s.dec.logits_BxV).reshape(B, W, -1)
+            logp_BxWxV = jax.nn.log_softmax(decoding.within_vocab(s.dec.logits_BxV, vocab)).reshape(B, W, -1)
             V = logp_BxWxV.shape[-1]
             flat_BxWV = (s.alive_score_BxW[..., None] + logp_BxWxV).reshape(B, W * V)
             score_Bx2W, idx_Bx2W = jax.lax.top_k(flat_BxWV, 2 * W)  # 2W: at most W of them can end here

@@ -201,6 +201,22 @@ def _tfds_convert_hint(name: str, version_dir: str, found: str) -> str:
             f"tensorflow && tfds convert_format --dataset_version_dir={version_dir} --out_file_format=array_record`")
 
 
+def _prepared_copy(name: str, root: str) -> str | None:
+    """The directory of a prepared copy of `name` ("super_glue/copa", or with ":1.0.2") under `root`: the given
+    version, else the newest one there; None if there is none."""
+    base, _, version = name.partition(":")
+    folder = files.path(root) / base
+    if not folder.is_dir():
+        return None
+    versions = [version] if version else sorted(
+        (p.name for p in folder.iterdir() if re.fullmatch(r"\d+\.\d+\.\d+", p.name)),
+        key=lambda v: tuple(int(x) for x in v.split(".")))
+    for v in reversed(versions):
+        if (folder / v / "dataset_info.json").exists():
+            return str(folder / v)
+    return None
+
+
 def _tfds_builder(name: str, d):
     """The TFDS builder of `name`, prepared as array_record. gptjax's own builders (pure Python, no TensorFlow)
     are prepared here on first use; any other dataset must already be prepared, else a DataError says how."""
@@ -225,6 +241,9 @@ def _tfds_builder(name: str, d):
         if not package:
             raise
         root = d.data_dir or tfds.core.constants.DATA_DIR
+        prepared = _prepared_copy(name, root)
+        if prepared is not None:  # a prepared copy reads without the builder's code (and its packages)
+            return tfds.builder_from_directory(prepared)
         raise DataError(f"data.source: tfds dataset {name!r} needs the Python package {package!r} here (pip install "
                         f"{package}); or " + _tfds_prepare_hint(name, root, f"{root}/{name}")) from e
     except ValueError as e:  # read from files (a version was given) that are stored in another format

@@ -59,6 +59,13 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0):
     return tokens, mask
 
 
+def within_vocab(logits_BxV, vocab: int):
+    """The logits with ids from `vocab` on ruled out (0: none are): a table padded beyond the tokenizer's tokens."""
+    if not vocab or vocab >= logits_BxV.shape[-1]:
+        return logits_BxV
+    return jnp.where(jnp.arange(logits_BxV.shape[-1]) < vocab, logits_BxV, -jnp.inf)
+
+
 class Cached(NamedTuple):
     """A batch mid-generation: the cache, the logits for the next token, and where that token goes."""
 

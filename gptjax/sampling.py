@@ -79,16 +79,18 @@ def _start(model, params, tokens_BxP, mask_BxP, done_B, base, key, *, num_new, r
 
 @functools.partial(
     jax.jit,
-    static_argnames=("model", "temperature", "top_k", "top_p", "eos_id", "logprobs", "rules", "logprob_temperature"),
+    static_argnames=("model", "temperature", "top_k", "top_p", "eos_id", "logprobs", "rules", "logprob_temperature",
+                     "vocab"),
     donate_argnames=("s",),
 )
 def _continue(model, params, s: _Sampling, stop_at, *, temperature, top_k, top_p, eos_id, logprobs, rules=(),
-              logprob_temperature=1.0):
+              logprob_temperature=1.0, vocab=0):
     """Generates until `stop_at` tokens or until every row is done. Log-probabilities are of
-    softmax(logits / logprob_temperature)."""
+    softmax(logits / logprob_temperature). With `vocab`, only ids below it are drawn (the model's table may have
+    more rows than the tokenizer has tokens: GPT-1's and GPT-2's padded vocabularies)."""
 
     def body(s: _Sampling) -> _Sampling:
-        logits_BxV = s.dec.logits_BxV
+        logits_BxV = decoding.within_vocab(s.dec.logits_BxV, vocab)
         keys_B = jax.vmap(jax.random.fold_in, (0, None))(s.keys_B, s.base + s.step)
         token_B = jnp.where(s.done_B, 0, sample_logits(keys_B, logits_BxV, temperature, top_k, top_p))
         tokens_BxN = jax.lax.dynamic_update_slice(s.tokens_BxN, token_B[:, None], (0, s.step))
@@ -208,14 +210,15 @@ def generate(
     ids = decoding.fit_prompts(ids, max_new_tokens, model_cfg.max_len, truncate, slide=beam_size == 1)
     model = decoding.inference_model(model_cfg)
     text = _Text(tokenizer, stop_strings, eos_id) if tokenizer is not None else None
+    vocab = tokenizer.vocab_size if tokenizer is not None and tokenizer.vocab_size < model_cfg.vocab_size else 0
     rules = sharding.hashable_rules(rules)
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         if beam_size > 1:
             return _beam(model, params, ids, max_new_tokens, beam_size, length_penalty, num_samples, eos_id, text,
-                         logprobs, mesh, rules)
+                         logprobs, mesh, rules, vocab)
         rows = [p for p in ids for _ in range(num_samples)]
         return _sample(model, params, rows, num_samples, max_new_tokens, (temperature, top_k, top_p), eos_id, text,
-                       seed, logprobs, on_text, chunk_size, mesh, rules, model_cfg.max_len)
+                       seed, logprobs, on_text, chunk_size, mesh, rules, model_cfg.max_len, vocab)
 
 
 def check_options(temperature=1.0, top_k=0, top_p=1.0, beam_size=1, num_samples=1, stop_strings=(),
@@ -236,7 +239,7 @@ def check_options(temperature=1.0, top_k=0, top_p=1.0, beam_size=1, num_samples=
 
 
 def _sample(model, params, rows, num_samples, N, sampler, eos_id, text, seed, logprobs, on_text, chunk_size, mesh,
-            rules, max_len) -> list[Completion]:
+            rules, max_len, vocab=0) -> list[Completion]:
     """Samples N tokens per row in windows of the context: when a row reaches the end of the context, the last
     3/4 of the context (prompt and text so far) is prefilled again and generation goes on, as nanoGPT's sampler
     crops its input to the last block. Within a window every step attends to the whole cache."""
@@ -259,7 +262,8 @@ def _sample(model, params, rows, num_samples, N, sampler, eos_id, text, seed, lo
         step = 0
         while True:
             s = _continue(model, params, s, min(step + chunk, n_new), temperature=float(temperature),
-                          top_k=int(top_k), top_p=float(top_p), eos_id=eos_id, logprobs=logprobs, rules=rules)
+                          top_k=int(top_k), top_p=float(top_p), eos_id=eos_id, logprobs=logprobs, rules=rules,
+                          vocab=vocab)
             tokens, counts, done_now = sharding.to_host(s.tokens_BxN), sharding.to_host(s.count_B), sharding.to_host(s.done_B)
             step = int(sharding.to_host(s.step))
             ids = [np.concatenate([seqs[r], tokens[r, : counts[r]]]) for r in range(B)]
@@ -299,11 +303,11 @@ def _sample(model, params, rows, num_samples, N, sampler, eos_id, text, seed, lo
     return out
 
 
-def _beam(model, params, prompts, N, W, alpha, num_samples, eos_id, text, logprobs, mesh, rules):
+def _beam(model, params, prompts, N, W, alpha, num_samples, eos_id, text, logprobs, mesh, rules, vocab=0):
     tokens_BxP, mask_BxP = decoding.left_pad(prompts)
     seqs, lengths, scores, lps, _ = (sharding.to_host(x) for x in beam_search.search(
         model, params, _to_device(tokens_BxP, mesh), _to_device(mask_BxP, mesh), max_new_tokens=N, beam_size=W,
-        alpha=float(alpha), eos_id=eos_id, rules=rules))
+        alpha=float(alpha), eos_id=eos_id, rules=rules, vocab=vocab))
     out = []
     for b in range(len(prompts)):
         for w in range(num_samples):

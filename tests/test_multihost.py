@@ -25,7 +25,8 @@ def test_two_processes_match_one(corpus_file, tmp_path, tokenizer):
             f"--config.data.tokenizer={tokenizer}", "--config.data.vocab_size=512",
             f"--config.data.path={corpus_file}", "--config.train.steps=12", "--config.train.log_every_steps=1",
             "--config.eval.every_steps=6", "--config.eval.steps=2", "--config.sample.max_new_tokens=8",
-            "--config.model.dropout=0.1", "--config.mesh.shape=(2,2,1)"]
+            "--config.model.dropout=0.1", "--config.mesh.shape=(2,2,1)",
+            "--config.data.shards=8"]  # the experiment reads one shard (nanoGPT's sampler); 8 split over 2 processes
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     single = subprocess.run(args + [f"--workdir={tmp_path / 'single'}"], env=env, capture_output=True, text=True,
                             timeout=600)

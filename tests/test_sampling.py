@@ -318,3 +318,16 @@ def test_generation_on_a_sharded_model_matches_one_device(params, shape):
         for a, b in zip(ref, out):
             np.testing.assert_array_equal(a.tokens, b.tokens)
             np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+
+
+def test_a_padded_table_never_yields_ids_the_tokenizer_lacks():
+    # GPT-1's and GPT-2's tables have more rows than their tokenizers have tokens; a barely trained model puts most of
+    # its mass on the padded rows. Sampling and beam search draw only the tokenizer's ids.
+    cfg = ModelConfig(vocab_size=8 * TOK.vocab_size, num_layers=1, d_model=16, num_heads=2, max_len=32, init_std=2.0)
+    params = init(cfg)
+    for options in (dict(temperature=1.0, seed=1), dict(beam_size=2)):
+        out = sampling.generate(cfg, params, PROMPTS[:2], max_new_tokens=12, tokenizer=TOK, **options)
+        assert all(int(t) < TOK.vocab_size for c in out for t in c.tokens), options
+        assert all(len(c.text) == len(c.tokens) for c in out)  # every id decodes to its character
+    free = sampling.generate(cfg, params, PROMPTS[:2], max_new_tokens=12, temperature=1.0, seed=1)  # no tokenizer
+    assert any(int(t) >= TOK.vocab_size for c in free for t in c.tokens)  # the test can fail: the rows are drawn

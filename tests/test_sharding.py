@@ -31,7 +31,7 @@ def run(mesh_shape, accum=1, steps=3, scan=False):
     batches = [LanguageModeling.from_windows(rng.integers(0, 64, (16, 17)).astype(np.int32)) for _ in range(steps)]
     with trainer.context():
         batch0 = sharding.host_local_to_global(batches[0], mesh)
-        loss = lambda p, b, r: trainer.task.loss(trainer.model, p, b, r)[0]  # noqa: E731
+        loss = lambda p, b, r: trainer.objective.loss(trainer.model, p, b, r)[0]  # noqa: E731
         grads = jax.jit(jax.grad(loss))(state.params, batch0, jax.random.PRNGKey(3))
         grads = jax.device_get(grads)
         losses = []

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gptjax import batching, files, optimizer, sharding, trainer, workdirs
+from gptjax import batching, checkpoint, files, optimizer, sharding, trainer, workdirs
 from gptjax.errors import ConfigError
 from gptjax.finetune import data as ft_data
 from gptjax.finetune import heads, objectives, transforms
@@ -87,6 +87,7 @@ def train(config, workdir: str) -> dict:
     with config.unlocked():
         config.model.vocab_size = base_vocab + num_new
     _set_steps(config, num_train)
+    checkpoint.check_compatible(workdir, config)  # the config is whole: before the model is traced
     model, objective = planned(config)
     run = trainer.Trainer(config, mesh, model, objective,
                           tx=optimizer.make_optimizer(config.optim, config.train.steps, frozen=objective.frozen))

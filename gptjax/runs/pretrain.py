@@ -3,7 +3,7 @@ byte, optional in-context evaluation during training (`eval.tasks`), and samples
 
 import jax
 
-from gptjax import data, files, metrics, sampling, trainer, workdirs
+from gptjax import checkpoint, data, files, metrics, sampling, trainer, workdirs
 from gptjax.errors import ConfigError
 from gptjax.loop import EvalHook
 from gptjax.metrics import log
@@ -32,6 +32,7 @@ def train(config, workdir: str) -> dict:
         raise ConfigError(f"model.vocab_size: {config.model.vocab_size} is smaller than the tokenizer's {vocab}")
     with config.unlocked():
         config.model.vocab_size = config.model.vocab_size or vocab
+    checkpoint.check_compatible(workdir, config)  # the config is whole: before the model is traced
     model, objective = planned(config)
     run = trainer.Trainer(config, mesh, model, objective)
     tokens_per_step = config.train.batch_size * config.data.seq_len
