@@ -43,6 +43,46 @@ def remat_policy(name: str):
     raise ConfigError(f"model.remat: {name!r} is not one of {', '.join(REMAT_POLICIES)}")
 
 
+def constrain(x, axes):
+    """nn.with_logical_constraint, leaving a dimension unconstrained where its mesh axes do not divide it (a decode
+    batch of one row on a mesh with data-parallel axes): XLA's partitioner would otherwise replicate the operands
+    that meet it ("Involuntary full rematerialization")."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty:
+        spec = nn.logical_to_mesh_axes(axes)
+        axes = tuple(a if not part or x.shape[i] % math.prod(
+            mesh.shape.get(n, 1) for n in ((part,) if isinstance(part, str) else part)) == 0 else None
+            for i, (a, part) in enumerate(zip(axes, spec)))
+    return nn.with_logical_constraint(x, axes)
+
+
+def _split_over_mesh(axes) -> bool:
+    """Whether a parameter with logical `axes` is split over a mesh axis of size > 1 under the current mesh and
+    logical-axis rules (at trace time)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return False
+    names = [n for part in nn.logical_to_mesh_axes(axes) if part for n in ((part,) if isinstance(part, str) else part)]
+    return any(mesh.shape.get(n, 1) > 1 for n in names)
+
+
+def lookup(table_NxD, ids, axes, impl: str, dtype):
+    """Rows `ids` of `table_NxD` (logical `axes`) in `dtype`. `gather` is jnp.take; `onehot` is one_hot(ids) @ table,
+    exact (each output is one product by 1.0) and sharded by XLA's SPMD partitioner like any matmul, where a gather
+    from a table split over the mesh makes it replicate the table ("Involuntary full rematerialization"). `auto`:
+    onehot when the table is split over the mesh (its cost, 2*N*D flops a token, is the LM head's over again for
+    the token table: small beside a sharded model's, not beside a laptop model's), else gather."""
+    if impl == "auto":
+        impl = "onehot" if _split_over_mesh(axes) else "gather"
+        if impl == "onehot":
+            kernels.announce("embed_impl", "auto", impl, "the table is split over the mesh")
+    if impl == "gather":
+        return jnp.take(table_NxD, ids, axis=0).astype(dtype)
+    # In the table's dtype, then cast, as the gather is: the backward pass sums a token's rows in float32 too.
+    one_hot = jax.nn.one_hot(ids, table_NxD.shape[0], dtype=table_NxD.dtype)
+    return jnp.einsum("...n,nd->...d", one_hot, table_NxD, precision=jax.lax.Precision.HIGHEST).astype(dtype)
+
+
 def _param(module, name, init_fn, shape, axes, cfg):
     init = nn.with_logical_partitioning(init_fn, axes)
     return module.param(name, init, shape, DTYPES[cfg.param_dtype])
@@ -141,7 +181,7 @@ class CausalSelfAttention(nn.Module):
                                                            keep_BxHxTxS, segment_ids_BxT)
         if probs_BxHxTxS is not None:
             self.sow("intermediates", "attention_probs", probs_BxHxTxS)
-        out_BxTxHxK = nn.with_logical_constraint(out_BxTxHxK, ("batch", "length", "act_heads", "kv"))
+        out_BxTxHxK = constrain(out_BxTxHxK, ("batch", "length", "act_heads", "kv"))
 
         w_o = _param(self, "out_kernel", nn.initializers.normal(c.residual_init_std), (H, K, D),
                      ("heads", "kv", "embed"), c)
@@ -167,7 +207,7 @@ class MLP(nn.Module):
         if c.use_bias:
             h_BxTxF = h_BxTxF + _param(self, "fc_bias", nn.initializers.zeros, (F,), ("mlp",), c).astype(dtype)
         h_BxTxF = checkpoint_name(h_BxTxF, "mlpwi")
-        h_BxTxF = nn.with_logical_constraint(_ACTIVATIONS[c.activation](h_BxTxF), ("batch", "length", "act_mlp"))
+        h_BxTxF = constrain(_ACTIVATIONS[c.activation](h_BxTxF), ("batch", "length", "act_mlp"))
         w_out = _param(self, "proj_kernel", nn.initializers.normal(c.residual_init_std), (F, D), ("mlp", "embed"), c)
         y_BxTxD = jnp.einsum("btf,fd->btd", h_BxTxF, w_out.astype(dtype))
         if c.use_bias:
@@ -194,7 +234,7 @@ class Block(nn.Module):
         else:
             x_BxTxD = ln_1(x_BxTxD + drop(attn(x_BxTxD), deterministic=not train))
             x_BxTxD = ln_2(x_BxTxD + drop(mlp(x_BxTxD), deterministic=not train))
-        x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed"))
+        x_BxTxD = constrain(x_BxTxD, ("batch", "length", "act_embed"))
         self.sow("residuals", "stream", x_BxTxD)  # kept only when "residuals" is mutable (gptjax.analysis)
         return x_BxTxD
 
@@ -251,14 +291,14 @@ class GPT(nn.Module):
             positions_BxT = jnp.broadcast_to(start + jnp.arange(T), (B, T))
 
         wte = _param(self, "wte", nn.initializers.normal(c.init_std), (c.vocab_size, c.d_model), ("vocab", "embed"), c)
-        x_BxTxD = jnp.take(wte, tokens_BxT, axis=0).astype(dtype)
+        x_BxTxD = lookup(wte, tokens_BxT, ("vocab", "embed"), c.embed_impl, dtype)
         if c.pos_embedding == "learned":
             wpe = _param(self, "wpe", nn.initializers.normal(c.init_std / 2), (c.max_len, c.d_model), (None, "embed"), c)
-            x_BxTxD = x_BxTxD + jnp.take(wpe, positions_BxT, axis=0).astype(dtype)
+            x_BxTxD = x_BxTxD + lookup(wpe, positions_BxT, (None, "embed"), c.embed_impl, dtype)
         else:
             x_BxTxD = x_BxTxD + jnp.take(sinusoidal_table(c.max_len, c.d_model), positions_BxT, axis=0).astype(dtype)
         x_BxTxD = nn.Dropout(c.dropout)(x_BxTxD, deterministic=not train)
-        x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed"))
+        x_BxTxD = constrain(x_BxTxD, ("batch", "length", "act_embed"))
         self.sow("residuals", "embeddings", x_BxTxD)  # the residual stream before the first block
 
         if c.scan_layers:
@@ -294,7 +334,7 @@ def unembed(c: ModelConfig, x_BxTxD, head):
     lm_head kernel (D, V). `lm_head_params` picks it from a params tree, for scoring a few positions only."""
     eq = "btd,vd->btv" if c.tie_embeddings else "btd,dv->btv"
     logits_BxTxV = jnp.einsum(eq, x_BxTxD, head.astype(DTYPES[c.dtype]))
-    return nn.with_logical_constraint(logits_BxTxV, ("batch", "length", "act_vocab")).astype(jnp.float32)
+    return constrain(logits_BxTxV, ("batch", "length", "act_vocab")).astype(jnp.float32)
 
 
 def lm_head_params(c: ModelConfig, params):

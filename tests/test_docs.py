@@ -58,7 +58,8 @@ def workspace(tmp_path_factory):
     (root / "my.txt").write_text(plays[:300_000], encoding="utf-8")
     (root / "scene.txt").write_text(plays[:600], encoding="utf-8")
     _tiny_gpt2(root / "path" / "to" / "gpt2", plays[:200_000])
-    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS", "PYTEST_CURRENT_TEST")}
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS", "PYTEST_CURRENT_TEST",
+                                                             "TF_CPP_MIN_LOG_LEVEL")}  # XLA's warnings are part of what a user sees
     env.update(GPTJAX_SMOKE="1", XLA_FLAGS=FAST_COMPILE, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1",
                JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",

@@ -188,3 +188,35 @@ def test_remat_policies_save_what_they_name():
         counts[remat] = sum(aval.size for aval, _ in saved_residuals(f, params))  # elements kept
     assert counts["full"] < counts["save_qkv_proj"] < counts["minimal"] < counts["dots_saveable"] < counts["none"]
     assert counts["dots_with_no_batch_dims_saveable"] < counts["dots_saveable"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_onehot_embedding_equals_the_gather(dtype):
+    cfg = dataclasses.replace(TINY, dtype=dtype)
+    params, ids = init(cfg), tokens()
+
+    def loss(p, impl):
+        return GPT(dataclasses.replace(cfg, embed_impl=impl)).apply({"params": p}, ids).astype(jnp.float32).mean()
+
+    for impl in ("onehot", "auto"):  # auto is the gather on one device
+        np.testing.assert_array_equal(GPT(dataclasses.replace(cfg, embed_impl=impl)).apply({"params": params}, ids),
+                                      GPT(dataclasses.replace(cfg, embed_impl="gather")).apply({"params": params}, ids))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
+                     jax.grad(loss)(params, impl), jax.grad(loss)(params, "gather"))
+
+
+def test_auto_embedding_is_onehot_when_the_table_is_split(capsys):
+    from gptjax import configs, sharding
+
+    rules = sharding.hashable_rules(configs.get_config().mesh.logical_axis_rules)
+    cfg, ids = dataclasses.replace(TINY, vocab_size=64), tokens(B=8)  # the logits split over the tensor axis
+    params = init(cfg)
+    lowered = {}
+    for impl in ("auto", "gather"):
+        mesh = sharding.make_mesh((2, 2, 2), jax.devices()[:8])
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            fn = jax.jit(lambda p, t, impl=impl: GPT(dataclasses.replace(cfg, embed_impl=impl)).apply({"params": p}, t))
+            lowered[impl] = fn.lower(params, ids).as_text()
+            np.testing.assert_allclose(fn(params, ids), GPT(cfg).apply({"params": params}, ids), rtol=1e-5, atol=1e-6)
+    assert "dot_general" in lowered["auto"] and lowered["auto"].count("gather") < lowered["gather"].count("gather")
+    assert "model.embed_impl=auto -> onehot" in capsys.readouterr().err

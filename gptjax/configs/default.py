@@ -7,7 +7,7 @@ dict refuses unknown keys. `validate` checks what types cannot: a config that co
 import ml_collections
 
 from gptjax.configs import finetune, presets, rl, smoke
-from gptjax.configs.model import ATTENTION_IMPLS, LOSS_IMPLS, NORM_IMPLS, REMAT_POLICIES, model_config_dict
+from gptjax.configs.model import ATTENTION_IMPLS, EMBED_IMPLS, LOSS_IMPLS, NORM_IMPLS, REMAT_POLICIES, model_config_dict
 from gptjax.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "constant")  # optim.schedule (gptjax/optimizer.py)
@@ -140,8 +140,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(m.norm in ("pre", "post"), "model.norm", f"{m.norm!r} is not one of pre, post")
     need(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
     need(m.activation in ("gelu", "relu"), "model.activation", f"{m.activation!r} is not one of gelu, relu")
-    for key, allowed in (("attention_impl", ATTENTION_IMPLS), ("norm_impl", NORM_IMPLS), ("loss_impl", LOSS_IMPLS)):
-        need(m[key] in allowed, f"model.{key}", f"{m[key]!r} is not one of {', '.join(allowed)}")
+    for key, allowed in (("attention_impl", ATTENTION_IMPLS), ("norm_impl", NORM_IMPLS), ("loss_impl", LOSS_IMPLS),
+                         ("embed_impl", EMBED_IMPLS)):
+        need(m.get(key, "auto") in allowed, f"model.{key}", f"{m[key]!r} is not one of {', '.join(allowed)}")
     for key in ("param_dtype", "dtype"):
         need(m[key] in ("float32", "bfloat16", "float16", "float64"), f"model.{key}",
              f"{m[key]!r} is not a float dtype name")

@@ -11,6 +11,9 @@ from gptjax.errors import ConfigError
 ATTENTION_IMPLS = ("auto", "reference", "cpu_fused", "cudnn", "splash")
 NORM_IMPLS = ("auto", "reference", "cpu_fused")
 LOSS_IMPLS = NORM_IMPLS
+# model.embed_impl: the token and position lookups. gather: jnp.take. onehot: a one-hot matmul, which XLA's SPMD
+# partitioner shards where it replicates a gathered table split over the mesh. auto: onehot when the table is split.
+EMBED_IMPLS = ("auto", "gather", "onehot")
 # model.remat: what a block keeps for the backward pass (gptjax/model.py::remat_policy).
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_qkv_proj", "minimal")
 
@@ -44,6 +47,7 @@ class ModelConfig:
     attention_impl: str = "auto"  # auto | reference | cpu_fused | cudnn | splash
     norm_impl: str = "auto"  # auto | reference | cpu_fused
     loss_impl: str = "auto"  # auto | reference | cpu_fused
+    embed_impl: str = "auto"  # auto | gather | onehot (EMBED_IMPLS)
 
     @classmethod
     def from_config(cls, cfg, vocab_size: int | None = None) -> "ModelConfig":

@@ -44,7 +44,7 @@ def platform() -> str:
     return _target[-1] if _target else jax.default_backend()
 
 
-def _announce(key: str, requested: str, chosen: str, why: str = "") -> None:
+def announce(key: str, requested: str, chosen: str, why: str = "") -> None:
     if (key, requested, chosen, why) in _announced:
         return
     _announced.add((key, requested, chosen, why))
@@ -84,7 +84,7 @@ def select_attention(requested: str, *, dtype, dropout: bool, kv_mask: bool, seg
             why = f"length {T}x{S} (splash needs equal lengths, a multiple of 128)"
         if why:
             chosen = "reference"
-    _announce("attention_impl", requested, chosen, why and f"the kernel cannot take {why}")
+    announce("attention_impl", requested, chosen, why and f"the kernel cannot take {why}")
     return chosen
 
 
@@ -111,7 +111,7 @@ def _simple(key: str, requested: str):
     chosen = requested
     if requested == "auto":
         chosen = "cpu_fused" if platform() == "cpu" else "reference"
-        _announce(key, requested, chosen)
+        announce(key, requested, chosen)
     if chosen not in NORM_IMPLS:
         raise ConfigError(f"model.{key}: {requested!r} is not one of {', '.join(NORM_IMPLS)}")
     return cpu_fused if chosen == "cpu_fused" else reference
