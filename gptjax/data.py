@@ -141,17 +141,18 @@ def _read_text(paths: list[str], spec: str, val_fraction: float) -> dict[str, li
     """The files' text cut at int(n * (1 - val_fraction)) characters; each file's part in a split is a document."""
     texts = []
     for f in paths:
-        try:  # text mode turns \r\n into \n, as nanoGPT's open(...).read()
-            if files.is_local(f):
-                with open(f, encoding="utf-8") as fh:
-                    texts.append(fh.read())
-            else:
-                texts.append(files.path(f).read_bytes().decode("utf-8").replace("\r\n", "\n"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"data.path: {f} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+        # Newlines as text mode reads them (\r\n and \r become \n), as nanoGPT's open(...).read(). A binary file, a
+        # picture or a file cut inside a character is one line naming it (NUL bytes too: UTF-8, but not text).
+        text = files.decode_text(files.read_bytes(f), f"data.path: {f}", expected="UTF-8 text")
+        if "\0" in text:
+            data = text.encode("utf-8")
+            raise DataError(f"data.path: {f}: not text: {files.kind_of(data) or 'binary'} (byte "
+                            f"{data.index(0)} is NUL)")
+        texts.append(text.replace("\r\n", "\n").replace("\r", "\n"))
     n = sum(map(len, texts))
     if n == 0:
-        raise DataError(f"data.path: empty corpus: {spec}")
+        raise DataError(f"data.path: empty corpus: {spec}" + (" is an empty file" if len(paths) == 1 else
+                                                              f" ({len(paths)} empty files)"))
     cut, pos, docs = int(n * (1 - val_fraction)), 0, {"train": [], "validation": []}
     for t in texts:
         k = min(max(cut - pos, 0), len(t))
@@ -175,15 +176,46 @@ def _file_lock(path: pathlib.Path):
         yield
 
 
-def _read_shakespeare(data_dir: str) -> dict[str, list[str]]:
+def _prepare(builder, root: str) -> None:
+    """Prepares gptjax's own TFDS `builder` in data dir `root` once, processes sharing it one at a time. A data dir
+    that cannot be written (a file in the way, read-only, full) is one WriteError naming it, before the work."""
     import tensorflow_datasets as tfds
 
+    local = "://" not in root
+    if local:
+        files.writable_dir(root, "a prepared dataset (data.data_dir)")
+    with files.writing(root, "a prepared dataset (data.data_dir)"):
+        with _file_lock(pathlib.Path(root) / f".{builder.name}.lock") if local else contextlib.nullcontext():
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+
+
+def _read_shakespeare(data_dir: str) -> dict[str, list[str]]:
     from gptjax.datasets.shakespeare import shakespeare_dataset_builder
 
-    with _file_lock(pathlib.Path(data_dir) / ".shakespeare.lock"):
-        builder = shakespeare_dataset_builder.Builder(data_dir=data_dir, file_format="array_record")
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    return {s: [r["text"].decode() for r in builder.as_data_source(s)] for s in SPLITS}
+    def make():
+        return _construct(lambda: shakespeare_dataset_builder.Builder(data_dir=data_dir, file_format="array_record"),
+                          "shakespeare", data_dir)
+
+    builder = make()
+    if not builder.is_prepared():  # a prepared copy is only read: its data dir may be read-only
+        _prepare(builder, data_dir)
+        builder = make()  # what the process that prepared it wrote
+    out = {}
+    for split in SPLITS:
+        ds = builder.as_data_source(split)
+        out[split] = [r["text"].decode() for r in read_records(ds, range(len(ds)), f"data.source: shakespeare "
+                                                                f"split {split!r}", _rebuild_hint(builder))]
+    return out
+
+
+def _construct(make: Callable, name: str, root: str):
+    """make(): a TFDS builder, which reads the dataset_info.json of a prepared dataset; a damaged one (empty, cut
+    short, not JSON) is one DataError naming it. Every other failure is TFDS's own, re-raised."""
+    try:
+        return make()
+    except Exception as err:  # noqa: BLE001  only a damaged dataset_info.json becomes one line; the rest re-raised
+        _check_dataset_info(name, root, err)
+        raise
 
 
 def _tfds_prepare_hint(name: str, root: str, version_dir: str) -> str:
@@ -225,7 +257,8 @@ def _tfds_builder(name: str, d):
     from gptjax.datasets.shakespeare import shakespeare_dataset_builder  # noqa: F401  registers gptjax's builders
 
     def make():
-        return tfds.builder(name, data_dir=d.data_dir or None, file_format="array_record")
+        return _construct(lambda: tfds.builder(name, data_dir=d.data_dir or None, file_format="array_record"), name,
+                          d.data_dir or tfds.core.constants.DATA_DIR)
 
     try:
         try:
@@ -268,14 +301,67 @@ def _tfds_builder(name: str, d):
         if not type(builder).__module__.startswith("gptjax."):
             raise DataError(f"data.source: tfds dataset {name!r} is not prepared in {builder.data_dir_root}; "
                             + _tfds_prepare_hint(name, str(builder.data_dir_root), str(builder.data_dir)))
-        root = str(builder.data_dir_root)
-        lock = pathlib.Path(root) / f".{builder.name}.lock" if "://" not in root else None
-        with _file_lock(lock) if lock else contextlib.nullcontext():
-            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        _prepare(builder, str(builder.data_dir_root))
     formats = {f.value for f in builder.info.available_file_formats()}
     if "array_record" not in formats:
         raise DataError(_tfds_convert_hint(name, str(builder.data_dir), ", ".join(sorted(formats)) or "unknown"))
     return builder
+
+
+def _damaged_record_file(ds) -> tuple[str, str] | None:
+    """(file, why) for the first record file of TFDS data source `ds` that array_record cannot open and read (one
+    that is missing, empty, cut short or overwritten), or None when every file reads."""
+    from array_record.python import array_record_data_source
+    from tensorflow_datasets.core.data_sources import base
+
+    for fi in base.file_instructions(ds.dataset_info, ds.split):
+        try:
+            one = array_record_data_source.ArrayRecordDataSource([fi.filename])
+            if len(one):
+                one[0], one[len(one) - 1]  # noqa: B018  opening reads the file's footer; a read checks a chunk
+        except RuntimeError as err:  # what array_record's reader raises for a file it cannot read
+            return fi.filename, " ".join(str(err).split())[:200]
+    return None
+
+
+def read_records(ds, indices, what: str, again: str = "copy or prepare the dataset again") -> list:
+    """The records `indices` of TFDS data source `ds` (`what`: "tfds dataset 'c4/en' split 'train'"). A record file
+    that is missing, empty, truncated or corrupt is one DataError naming it (and saying `again`: how to get it
+    back) instead of array_record's traceback."""
+    indices = [int(i) for i in indices]
+    try:
+        return list(ds.__getitems__(indices)) if hasattr(ds, "__getitems__") else [ds[k] for k in indices]
+    except RuntimeError as err:
+        found = _damaged_record_file(ds)
+        if found is None:
+            raise
+        file, why = found
+        raise DataError(f"{what}: {file}: cannot read this record file: it is missing, truncated or corrupt "
+                        f"({why}); {again}") from err
+
+
+def _rebuild_hint(builder) -> str:
+    """How to get a damaged prepared dataset back: gptjax prepares its own builders again; others are copied."""
+    if type(builder).__module__.startswith("gptjax."):
+        return f"delete {builder.data_dir} and rerun: gptjax prepares it again"
+    return "copy or prepare the dataset again"
+
+
+def _check_dataset_info(name: str, root: str, err: BaseException) -> None:
+    """Raises a DataError naming the dataset_info.json (or features.json) of TFDS dataset `name` under `root` that
+    is empty, truncated or not JSON, which TFDS's builder failed on with `err`; returns when they all parse."""
+    import json
+
+    folder = pathlib.Path(root) / name.split(":")[0]
+    if "://" in root or not folder.is_dir():
+        return
+    for info in sorted(folder.glob("**/dataset_info.json")) + sorted(folder.glob("**/features.json")):
+        try:
+            json.loads(info.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as bad:
+            raise DataError(f"data.source: tfds dataset {name!r}: {info}: not a valid {info.name} (empty, truncated "
+                            f"or not JSON: {' '.join(str(bad).split())[:120]}); copy or prepare the dataset "
+                            "again") from err
 
 
 class _TfdsSource(_Source):
@@ -289,6 +375,7 @@ class _TfdsSource(_Source):
     @functools.cached_property
     def splits(self) -> dict:
         builder, d, out = _tfds_builder(self.name, self.d), self.d, {}
+        self.again = _rebuild_hint(builder)
         for split, tfds_split, key in (("train", d.tfds_train_split, "data.tfds_train_split"),
                                        ("validation", d.tfds_val_split, "data.tfds_val_split")):
             try:
@@ -298,7 +385,7 @@ class _TfdsSource(_Source):
                     raise
                 raise DataError(f"{key}: {self.name} has no split {tfds_split!r}: "
                                 f"{' '.join(str(e).split())[:200]}") from e
-            if len(ds) and d.tfds_text_key not in ds[0]:
+            if len(ds) and d.tfds_text_key not in self._records(ds, [0], tfds_split)[0]:
                 raise DataError(f"data.tfds_text_key: {self.name} has no feature {d.tfds_text_key!r} "
                                 f"(it has {sorted(ds[0])})")
             out[split] = ds
@@ -306,13 +393,15 @@ class _TfdsSource(_Source):
             raise DataError(f"data.source: empty corpus: {self.name} split {d.tfds_train_split!r} has no text")
         return out
 
+    def _records(self, ds, indices, tfds_split: str) -> list:
+        return read_records(ds, indices, f"data.source: tfds dataset {self.name!r} split {tfds_split!r}", self.again)
+
     def _texts(self, split: str, indices) -> Iterator[str]:
         ds, key = self.splits[split], self.d.tfds_text_key
+        tfds_split = self.d.tfds_train_split if split == "train" else self.d.tfds_val_split
         indices = list(indices)
         for i in range(0, len(indices), 1024):
-            chunk = indices[i:i + 1024]
-            records = ds.__getitems__(chunk) if hasattr(ds, "__getitems__") else [ds[k] for k in chunk]
-            for r in records:
+            for r in self._records(ds, indices[i:i + 1024], tfds_split):
                 t = r[key]
                 yield t.decode("utf-8") if isinstance(t, bytes) else str(t)
 
@@ -355,13 +444,40 @@ def _load_npy(path):
     return np.load(io.BytesIO(path.read_bytes()))
 
 
+class _Chunked:
+    """A file as np.save sees a file-like object: it then writes through write() in chunks, so a full disk raises
+    ENOSPC (one WriteError line) instead of tofile()'s "N requested and M written", which has no errno."""
+
+    def __init__(self, f):
+        self.write = f.write
+
+
+def _cached_tokens(path, lengths_path, meta) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """A complete token cache (tokens, record lengths, stats), or None when a file of it is damaged (empty,
+    truncated, overwritten, missing): the cache is only derived data, so it is tokenized again, with a warning
+    naming the file. Only the damage a file can have is caught; anything else keeps its traceback."""
+    try:
+        stats = json.loads(meta.read_bytes().decode("utf-8"))
+        tokens, lengths = _load_npy(path), _load_npy(lengths_path)
+        if not isinstance(stats, dict) or len(tokens) != stats.get("tokens") or tokens.ndim != 1 or \
+                lengths.ndim != 1 or len(lengths) != stats.get("records") or int(lengths.sum()) != len(tokens):
+            raise ValueError("its tokens, record lengths and stats disagree")
+    except (FileNotFoundError, EOFError, ValueError) as err:  # JSON and UTF-8 decoding errors are ValueErrors
+        logging.warning("data: the token cache %s is damaged (%s); tokenizing again", path,
+                        " ".join(str(err).split())[:200])
+        return None
+    return tokens, lengths, stats
+
+
 def _tokens(records: Callable[[], list[list[tuple[str, bool]]]], name: str, tok: Tokenizer,
             cache_dir) -> tuple[np.ndarray, np.ndarray, dict]:
     """The token stream of `records` (uint16 when the vocabulary allows; eos after each piece that ends a
     document, if the tokenizer has one), the tokens of each record, and stats; cached as `<name>.npy`."""
     path, lengths_path, meta = (cache_dir / f"{name}{ext}" for ext in (".npy", ".lengths.npy", ".json"))
     if meta.exists() and lengths_path.exists():  # a cache from before per-record lengths is built again
-        return _load_npy(path), _load_npy(lengths_path), json.loads(meta.read_text())
+        cached = _cached_tokens(path, lengths_path, meta)
+        if cached is not None:
+            return cached
     recs = records()
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.int32
     eos = [] if tok.eos_id is None else [tok.eos_id]
@@ -375,10 +491,11 @@ def _tokens(records: Callable[[], list[list[tuple[str, bool]]]], name: str, tok:
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype)
     stats = {"utf8_bytes": sum(len(text.encode("utf-8")) for _, text, _ in pieces), "tokens": len(tokens),
              "records": len(recs)}
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: np.save(f, tokens))
-    atomic_write(lengths_path, lambda f: np.save(f, lengths))
-    atomic_write(meta, lambda f: f.write(json.dumps(stats).encode()))  # written last: marks the cache complete
+    with files.writing(cache_dir, "the token cache"):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: np.save(_Chunked(f), tokens))
+        atomic_write(lengths_path, lambda f: np.save(_Chunked(f), lengths))
+        atomic_write(meta, lambda f: f.write(json.dumps(stats).encode()))  # written last: marks the cache complete
     logging.info("data: %s: %d records, %d bytes, %d tokens -> %s", name, len(recs), stats["utf8_bytes"],
                  len(tokens), path)
     return tokens, lengths, stats
@@ -532,13 +649,13 @@ def make_pipeline(config, workdir: str, process_index: int | None = None,
         if d.tokenizer == "char":
             yield from source.validation()
 
+    cache = files.writable_dir(files.path(workdir) / "data", "the token cache")  # before any corpus is read
     tok = None
     if pi == 0:
         tok = build_tokenizer(d, workdir, texts)
     _wait_for_all("gptjax: tokenizer saved", pc)
     if pi != 0:
         tok = load_tokenizer(workdir)
-    cache = files.path(workdir) / "data"
     key = json.dumps([source.fingerprint, tok.fingerprint, SHARD_LAYOUT])
     key = hashlib.sha256(key.encode()).hexdigest()[:16]
     val, _, val_stats = _tokens(lambda: [[(doc, True)] for doc in source.validation()], f"validation-{key}", tok,

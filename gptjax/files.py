@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from etils import epath
 
-from gptjax.errors import GptjaxError
+from gptjax.errors import DataError, GptjaxError
 
 
 class FilesystemError(GptjaxError, ValueError):
@@ -131,37 +131,146 @@ def atomic_write(p, write: Callable) -> None:
             write(f)
         return
     tmp = p.with_name(f".{p.name}.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, p)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, p)
+    except BaseException:  # a full disk or an interrupt: no partial temporary file is left to fill it further
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def write_text(p, text: str) -> None:
     atomic_write(p, lambda f: f.write(text.encode("utf-8")))
 
 
-def read_jsonl(p) -> list[tuple[str, dict]]:
-    """(where, record) for each non-empty line of a JSONL file (local or a URL); `where` is 'FILE:LINE'. A missing
-    file or a line that is not a JSON object is a DataError naming the file and line."""
+# --- reading: a file that is missing, empty, truncated, binary or of another kind is one line naming it ---------
+
+# First bytes -> what a file that starts with them is: named in the one line when a text file was expected.
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"%PDF", "a PDF document"), (b"\x1f\x8b", "gzip-compressed"), (b"PK\x03\x04", "a zip archive"),
+          (b"\x93NUMPY", "a numpy array (.npy)"), (b"\x7fELF", "an executable"), (b"BZh", "bzip2-compressed"),
+          (b"\xfd7zXZ", "xz-compressed"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"))
+
+
+def kind_of(data: bytes) -> str:
+    """What binary `data` looks like ("a PNG image", "gzip-compressed"), or "" when gptjax cannot tell."""
+    return next((what for magic, what in _MAGIC if data.startswith(magic)), "")
+
+
+def damaged(data: bytes, expected: str) -> str:
+    """Why bytes that a reader refused are not `expected`: "a PNG image, not a sentencepiece model", else
+    "truncated or not a sentencepiece model" (for what `{p}: ` starts)."""
+    looks = kind_of(data)
+    return f"{looks}, not {expected}" if looks else f"truncated, empty or not {expected}"
+
+
+def read_bytes(p, error: type[GptjaxError] = DataError) -> bytes:
+    """The bytes of file `p` (local or a URL); a missing file or a directory is one `error` naming `p`."""
+    f = path(p)
+    if not f.exists():
+        raise error(f"{p}: no such file")
+    if f.is_dir():
+        raise error(f"{p}: is a directory, not a file")
+    return f.read_bytes()
+
+
+def decode_text(data: bytes, p, error: type[GptjaxError] = DataError, expected: str = "text") -> str:
+    """`data` (read from `p`) as UTF-8 text; bytes that are not (a picture, an archive, a binary file, a file cut
+    in the middle of a character) are one `error` naming `p`, what it looks like and the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        looks = kind_of(data) or "binary"
+        if err.start >= len(data) - 3 and err.reason.startswith("unexpected end"):
+            looks = "UTF-8 text cut in the middle of a character: truncated"
+        raise error(f"{p}: not {expected}: {looks} (byte {err.start} is not UTF-8)") from None
+
+
+def read_text(p, error: type[GptjaxError] = DataError, expected: str = "text") -> str:
+    """The UTF-8 text of file `p` (local or a URL): missing, a directory or not UTF-8 is one `error` naming `p`."""
+    return decode_text(read_bytes(p, error), p, error, expected)
+
+
+def parse_json(text: str, p, error: type[GptjaxError] = DataError, expected: str = "a JSON file"):
+    """`text` (read from `p`) parsed as JSON; empty, cut short or not JSON at all is one `error` naming `p`."""
     import json
 
-    from gptjax.errors import DataError
+    if not text.strip():
+        raise error(f"{p}: empty; expected {expected}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        ends = err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string")
+        cut = " (the file ends there: it is truncated)" if ends else ""
+        raise error(f"{p}: not {expected}: {err.msg} at line {err.lineno} column {err.colno}{cut}") from None
 
-    f = path(p)
-    if not f.is_file():
-        raise DataError(f"{p}: no such file")
-    out = []
-    for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+
+def read_json(p, error: type[GptjaxError] = DataError, expected: str = "a JSON file", kind: type | None = dict):
+    """The JSON value of file `p` (a dict unless `kind` says otherwise): missing, empty, truncated, binary, not
+    JSON or JSON of another shape (a list where an object is expected) is one `error` naming `p`."""
+    value = parse_json(read_text(p, error, expected), p, error, expected)
+    if kind is not None and not isinstance(value, kind):
+        raise error(f"{p}: not {expected}: its JSON is a {type(value).__name__}, not a "
+                    f"{'JSON object' if kind is dict else kind.__name__}")
+    return value
+
+
+def read_jsonl(p) -> list[tuple[str, dict]]:
+    """(where, record) for each non-empty line of a JSONL file (local or a URL); `where` is 'FILE:LINE'. A missing,
+    empty or binary file, or a line that is not a JSON object (a file cut short ends in one), is a DataError naming
+    the file and line."""
+    import json
+
+    text = read_text(p, DataError, "a JSONL file (one JSON object per line)")
+    out, lines = [], text.splitlines()
+    for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{p}:{i}: not a JSON object ({err.msg})") from None
+            cut = "; the file ends in this line: it is truncated" if i == len(lines) and \
+                not text.endswith("\n") else ""
+            raise DataError(f"{p}:{i}: not a JSON object ({err.msg}{cut})") from None
         if not isinstance(rec, dict):
             raise DataError(f"{p}:{i}: not a JSON object")
         out.append((f"{p}:{i}", rec))
+    if not out:
+        raise DataError(f"{p}: empty; expected one JSON object per line")
     return out
+
+
+# --- writing --------------------------------------------------------------------------------------------------
+
+
+def writable_dir(p, what: str = "", create: bool = False):
+    """Checks, before any long work, that directory `p` can be made and written: a file in the way, a read-only
+    filesystem, no permission or a full disk is one WriteError naming `p`. Locally a small file is written and
+    removed in `p`, or in its nearest existing parent while `p` is not there (nothing is left behind; `create`
+    makes `p` too). Returns `p` as an epath.Path. A URL is only made when `create`: object stores have no such
+    refusals to check early."""
+    d = path(p)
+    with writing(d, what):
+        if create:
+            d.mkdir(parents=True, exist_ok=True)
+        if not is_local(d):
+            return d
+        where = os.fspath(d)
+        while not os.path.lexists(where):
+            where = os.path.dirname(where)
+        if not os.path.isdir(where):  # `p` itself, or a parent of it, is a file
+            code = errno.EEXIST if where == os.fspath(d) else errno.ENOTDIR
+            raise OSError(code, os.strerror(code), where)
+        probe = os.path.join(where, f".gptjax-write-check.{os.getpid()}")
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"gptjax checks that it can write here\n")
+        finally:
+            if os.path.lexists(probe):
+                os.remove(probe)
+    return d
 
 
 def copytree(src, dst) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from gptjax import checkpoint, sharding
+from gptjax import checkpoint, files, sharding
 from gptjax.errors import TrainingError
 from gptjax.metrics import log
 
@@ -115,10 +115,23 @@ def run_loop(trainer, state, start: int, total_steps: int, batch_fn: Callable[[i
                     if (h.every and loop.step % h.every == 0) or (h.at_end and loop.step == total_steps):
                         h(loop)
             loop.flush()
-    finally:
-        for h in hooks:
-            h.close(loop)
+    except BaseException:
+        close_all(hooks, loop, raising=False)  # what stopped the loop is the error to report, not what follows
+        raise
+    close_all(hooks, loop)
     return loop
+
+
+def close_all(hooks: list, loop: "Loop", raising: bool = True) -> None:
+    """Closes every hook, even after one of them fails; then raises the first failure when `raising`."""
+    first = None
+    for h in hooks:
+        try:
+            h.close(loop)
+        except Exception as err:  # noqa: BLE001  (raised below, after the other hooks are closed)
+            first = first or err
+    if first is not None and raising:
+        raise first
 
 
 class LogHook(Hook):
@@ -200,18 +213,35 @@ class _Preemption:
 
 class CheckpointHook(Hook):
     """Saves every `every` steps and at the end; after any step, saves and exits (status 143) on SIGTERM or when
-    orbax reports a preemption. `data_state(step)` is the data position saved beside the model."""
+    orbax reports a preemption. `data_state(step)` is the data position saved beside the model.
+
+    A save the filesystem refuses (no space, read-only, no permission), whether orbax's writer threads meet it
+    after the step went on or this thread does, stops the run with one WriteError line naming the checkpoint; the
+    older checkpoints stay (orbax removes them only after a newer one is complete)."""
 
     def __init__(self, every: int, mngr, data_state: Callable[[int], dict], workdir: str):
         self.every, self.mngr, self.data_state, self.workdir = every, mngr, data_state, workdir
         self.preemption = _Preemption()
+        self.pending = None  # the step of the save that may still be writing
+
+    def _where(self, step):
+        where = files.path(self.workdir) / "checkpoints"
+        return where if step is None else where / str(step)
+
+    def wait(self):
+        """Waits for the pending save; its refused write is raised here, naming its step."""
+        with checkpoint.saving(self._where(self.pending)):
+            self.mngr.wait_until_finished()
 
     def save(self, loop, force: bool = False):
         loop.flush()
         loop.check_finite()
         with loop.paused():
-            checkpoint.save(self.mngr, loop.step, loop.state.params, loop.state.train_item(),
-                            self.data_state(loop.step), force=force)
+            self.wait()
+            self.pending = loop.step
+            with checkpoint.saving(self._where(loop.step)):
+                checkpoint.save(self.mngr, loop.step, loop.state.params, loop.state.train_item(),
+                                self.data_state(loop.step), force=force)
 
     def __call__(self, loop):
         self.save(loop)
@@ -219,11 +249,10 @@ class CheckpointHook(Hook):
     def after_dispatch(self, loop):
         if self.preemption.requested or self.mngr.reached_preemption(loop.step):
             self.save(loop, force=True)
-            self.mngr.wait_until_finished()
+            self.wait()
             log(f"preempted: saved step {loop.step} to {self.workdir}/checkpoints; rerun the same command to resume")
             raise SystemExit(143)
 
     def close(self, loop):
         self.preemption.restore()
-        self.mngr.wait_until_finished()
-        self.mngr.close()
+        checkpoint.finish(self.mngr, self._where(self.pending))

@@ -6,6 +6,7 @@ Bad input (a `GptjaxError`, raised anywhere, or a flag or config key that cannot
 command in this process and returns its exit status (the tests call it); each call parses into its own FlagValues.
 """
 
+import errno
 import os
 import re
 import sys
@@ -18,7 +19,7 @@ COMMANDS = ("train", "sample", "eval", "import-hf", "inspect", "plan")
 USAGE = (
     "usage: gptjax train [--config=FILE[:ARG]] --workdir=DIR [--config.KEY=VALUE ...]\n"
     "       gptjax sample --workdir=DIR (--prompt=TEXT | --prompt_file=FILE) [--max_new_tokens --temperature "
-    "--top_k --top_p --beam_size --length_penalty --num_samples --stop --truncate --seed]\n"
+    "--top_k --top_p --beam_size --length_penalty --num_samples --stop --truncate --seed --on_corrupt]\n"
     "       gptjax eval --workdir=DIR[,DIR...] [--config=FILE[:ARG]] [--config.tasks=...]\n"
     "       gptjax import-hf --hf_dir=DIR --workdir=DIR\n"
     "       gptjax inspect --workdir=DIR (--text=TEXT | --text_file=FILE) --out=DIR [--layers --heads --truncate "
@@ -45,6 +46,13 @@ def _define_common(fv):
                       flag_values=fv)
 
 
+def _define_reader(fv):
+    """What a command that reads a workdir's params does when its newest checkpoint cannot be read."""
+    flags.DEFINE_enum("on_corrupt", "fallback", ["fallback", "refuse"],
+                      "A newest checkpoint that cannot be read (truncated, missing files): use the newest step that "
+                      "reads, saying so in one line, or refuse in one line naming it.", flag_values=fv)
+
+
 def define_config(fv, argv, default=DEFAULT_CONFIG):
     """The --config flag (FILE[:ARG], overridable as --config.KEY=VALUE), read from `argv`."""
     from ml_collections import config_flags
@@ -60,6 +68,7 @@ def _define_train(fv, argv):
 
 def _define_sample(fv, argv):
     _define_common(fv)
+    _define_reader(fv)
     flags.DEFINE_string("prompt", None, "Text to continue.", flag_values=fv)
     flags.DEFINE_string("prompt_file", None, "File whose text to continue.", flag_values=fv)
     flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate (past the context, the window slides).",
@@ -85,6 +94,7 @@ def _define_eval(fv, argv):
     from gptjax.evals import cli
 
     _define_common(fv)
+    _define_reader(fv)
     cli.define_flags(fv, argv)
 
 
@@ -98,6 +108,7 @@ def _define_inspect(fv, argv):
     from gptjax.analysis import inspect_cli
 
     _define_common(fv)
+    _define_reader(fv)
     inspect_cli.define_flags(fv, argv)
 
 
@@ -165,10 +176,22 @@ def _final_config(f, plan: bool = False):
     return configs.finalize(_config(f), overridden=config_flags.get_override_values(f["config"]), plan=plan)
 
 
-def _train(f):
-    from gptjax import runs
+# Refusals that only a write meets: one that escapes the writers' own checks (which name their file) is still one
+# line naming the workdir, not a traceback. EACCES and EPERM are left out: a read can meet them too.
+_WRITE_ONLY_REFUSALS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
-    runs.train(_final_config(f), f.workdir)
+
+def _train(f):
+    from gptjax import files, runs, workdirs
+
+    try:
+        runs.train(_final_config(f), f.workdir)
+    except OSError as err:
+        if isinstance(err, GptjaxError) or err.errno not in _WRITE_ONLY_REFUSALS:
+            raise
+        raise files.write_error(err, err.filename or f"--workdir={f.workdir}", "") from err
+    finally:
+        workdirs.unlock()  # the process ends next, which releases it too; main() in a test process goes on
 
 
 def _sample(f):
@@ -292,7 +315,13 @@ def main(argv) -> int:
         logging.set_verbosity(logging.WARNING)  # absl/orbax INFO lines would drown the progress lines
         if "distributed" in fv:
             _init_distributed(fv)
-        fn(fv)
+        if "on_corrupt" in fv:
+            from gptjax import checkpoint
+
+            with checkpoint.corrupt_policy(fv.on_corrupt):
+                fn(fv)
+        else:
+            fn(fv)
     except GptjaxError as err:
         print(f"gptjax: error: {err}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import time
 
 import jax
 
@@ -63,32 +64,78 @@ def peak_flops_per_device(dtype_name: str, device=None) -> float | None:
     return None
 
 
+class _EventFile:
+    """A TensorBoard event file written in the caller's thread: a refused write (no space...) is raised where the
+    metric is written, not in a writer thread that would die printing a traceback and leave later writes blocked
+    on its queue (tensorboardX's SummaryWriter). Flushed every `flush_every` seconds and on close."""
+
+    def __init__(self, logdir, flush_every: float = 30.0):
+        from tensorboardX import record_writer
+        from tensorboardX.event_file_writer import EventsWriter
+
+        logdir = files.path(logdir)
+        if not files.is_local(logdir):  # event files on a bucket go through epath, as in files.tensorboard_writer
+            for scheme in files.PACKAGES:
+                record_writer.register_writer_factory(scheme, files._EpathRecordFactory())
+        logdir.mkdir(parents=True, exist_ok=True)
+        self._events = EventsWriter(os.path.join(os.fspath(logdir), "events"))
+        self.flush_every, self._flushed = flush_every, time.monotonic()
+
+    def add_scalars(self, step: int, scalars: dict) -> None:
+        from tensorboardX.proto import event_pb2
+        from tensorboardX.summary import scalar
+
+        for k, v in scalars.items():
+            self._events.write_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=scalar(k, v)))
+        if time.monotonic() - self._flushed >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        self._events.flush()
+        self._flushed = time.monotonic()
+
+    def close(self) -> None:
+        self._events.close()
+
+
 class MetricWriter:
     """Writes one JSON object per logged step to metrics.jsonl and the same scalars to TensorBoard.
-    Only process 0 writes."""
+    Only process 0 writes. A write the filesystem refuses is one WriteError line naming the file."""
 
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        files.path(workdir).mkdir(parents=True, exist_ok=True)
         self.path = files.path(workdir) / "metrics.jsonl"
-        self._jsonl = files.AppendFile(self.path)
-        self._tb = files.tensorboard_writer(files.path(workdir) / "tensorboard")
+        self.tb_dir = files.path(workdir) / "tensorboard"
+        with files.writing(self.path, "metrics.jsonl"):
+            files.path(workdir).mkdir(parents=True, exist_ok=True)
+            self._jsonl = files.AppendFile(self.path)
+        self._tb = None
+        with files.writing(self.tb_dir, "TensorBoard events"):
+            self._tb = _EventFile(self.tb_dir)
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
             return
         row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
-        for k, v in scalars.items():
-            self._tb.add_scalar(k, float(v), int(step))
+        with files.writing(self.path, "metrics.jsonl"):
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
+        with files.writing(self.tb_dir, "TensorBoard events"):
+            self._tb.add_scalars(step, {k: float(v) for k, v in scalars.items()})
 
     def close(self) -> None:
-        if self.enabled:
-            self._jsonl.close()
-            self._tb.close()
+        """Closes both files, the second even when the first is refused (whose error is then raised)."""
+        if not self.enabled:
+            return
+        try:
+            with files.writing(self.path, "metrics.jsonl"):
+                self._jsonl.close()
+        finally:
+            if self._tb is not None:
+                with files.writing(self.tb_dir, "TensorBoard events"):
+                    self._tb.close()
 
 
 def matmul_params(params) -> int:

@@ -8,7 +8,6 @@ workdir's copy is what every later run, resume or `gptjax sample` loads, whateve
 import hashlib
 import io
 import json
-import os
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -18,6 +17,7 @@ from gptjax import files
 from gptjax.files import atomic_write
 
 MANIFEST = "tokenizer.json"
+KINDS = ("char", "sentencepiece", "hf")
 _SPM_MAX_LINES = 200_000  # lines given to the sentencepiece trainer: all of Shakespeare (189k), ~1 s for BPE
 _EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>")
 
@@ -65,10 +65,16 @@ class CharTokenizer(Tokenizer):
 class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
 
-    def __init__(self, model_proto: bytes):
+    def __init__(self, model_proto: bytes, where="a sentencepiece model"):
         import sentencepiece as spm
 
-        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        if not model_proto:  # sentencepiece takes empty bytes for a model and fails at the first call
+            raise DataError(f"{where}: empty; expected a sentencepiece model")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        except RuntimeError as err:  # the only input is these bytes: they are not a model (or were cut short)
+            raise DataError(f"{where}: {files.damaged(model_proto, 'a sentencepiece model')} "
+                            f"({' '.join(str(err).split())[:120]})") from None
         self.vocab_size = self.sp.vocab_size()
         self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
 
@@ -102,8 +108,27 @@ class HFTokenizer(Tokenizer):
         return self.tok.decode(np.asarray(ids, dtype=np.int64).ravel().tolist())
 
 
+def _hf_from_str(text: str, where):
+    """A `tokenizers.Tokenizer` from the text of a tokenizer.json read from `where`, or one DataError naming it."""
+    import tokenizers
+
+    expected = "a Hugging Face tokenizer.json"
+    if not isinstance(files.parse_json(text, where, expected=expected), dict):
+        raise DataError(f"{where}: not {expected}: its JSON is not an object")
+    try:
+        tok = tokenizers.Tokenizer.from_str(text)
+    except Exception as err:  # noqa: BLE001  tokenizers reports a file it cannot take as a bare Exception
+        if type(err) is not Exception:
+            raise
+        raise DataError(f"{where}: not {expected} ({' '.join(str(err).split())[:160]})") from None
+    if not tok.get_vocab_size(with_added_tokens=True):
+        raise DataError(f"{where}: {expected} with an empty vocabulary")
+    return tok
+
+
 def _read_hf(path: str):
-    """A tokenizer.json file, or a directory holding tokenizer.json or GPT-2's vocab.json + merges.txt."""
+    """A tokenizer.json file, or a directory holding tokenizer.json or GPT-2's vocab.json + merges.txt. A file that
+    is empty, truncated, binary or of another kind is one DataError naming it."""
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers
 
@@ -111,11 +136,16 @@ def _read_hf(path: str):
     if p.is_dir() and (p / "tokenizer.json").exists():
         p = p / "tokenizer.json"
     if p.exists() and not p.is_dir():
-        return tokenizers.Tokenizer.from_str(p.read_text())
+        return _hf_from_str(files.read_text(p, expected="a Hugging Face tokenizer.json"), p)
     if (p / "vocab.json").exists() and (p / "merges.txt").exists():
-        vocab, merges = models.BPE.read_file(os.fspath(p / "vocab.json"), os.fspath(p / "merges.txt")) \
-            if files.is_local(p) else _read_bpe_files(p)
-        tok = tokenizers.Tokenizer(models.BPE(vocab, merges))
+        vocab, merges = _read_bpe_files(p)
+        try:
+            tok = tokenizers.Tokenizer(models.BPE(vocab, merges))
+        except Exception as err:  # noqa: BLE001  tokenizers reports files that do not fit as a bare Exception
+            if type(err) is not Exception:
+                raise
+            raise DataError(f"{p}: vocab.json and merges.txt do not make a BPE tokenizer "
+                            f"({' '.join(str(err).split())[:160]})") from None
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         return tok
@@ -123,10 +153,22 @@ def _read_hf(path: str):
 
 
 def _read_bpe_files(p):
-    """GPT-2's vocab.json + merges.txt from a URL: (vocab, merges) as models.BPE takes them."""
-    merges = [tuple(line.split(" ")) for line in (p / "merges.txt").read_text().splitlines()
-              if line and not line.startswith("#version")]
-    return json.loads((p / "vocab.json").read_text()), merges
+    """GPT-2's vocab.json + merges.txt (local or a URL): (vocab, merges) as models.BPE takes them, or one DataError
+    naming the file that is empty, truncated, binary or not in GPT-2's format."""
+    vocab = files.read_json(p / "vocab.json", expected="GPT-2's vocab.json (a JSON object of token: id)")
+    if not vocab or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+        raise DataError(f"{p / 'vocab.json'}: not GPT-2's vocab.json: expected a non-empty JSON object of "
+                        "token: integer id")
+    merges = []
+    text = files.read_text(p / "merges.txt", expected="GPT-2's merges.txt (a pair of tokens per line)")
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line or line.startswith("#version"):
+            continue
+        pair = tuple(line.split(" "))
+        if len(pair) != 2 or not all(pair):
+            raise DataError(f"{p / 'merges.txt'}:{i}: not a merge (two tokens separated by one space)")
+        merges.append(pair)
+    return vocab, merges
 
 
 def _train_sentencepiece(data_cfg, texts: Iterable[str]) -> bytes:
@@ -174,13 +216,18 @@ def build_tokenizer(data_cfg, workdir: str, train_texts: Callable[[], Iterable[s
                             "tokenizer; use a new workdir")
         return tok
     kind, path = data_cfg.tokenizer, data_cfg.tokenizer_path
+    if kind not in KINDS:
+        raise DataError(f"data.tokenizer: {kind!r} is not one of char, sentencepiece, hf")
+    files.writable_dir(d, "the tokenizer")  # before a tokenizer is learned or read
     if kind == "char":
         saved = {"chars.json": json.dumps("".join(sorted(set().union(*map(set, train_texts()))))).encode()}
     elif kind == "sentencepiece" and path:
         files.check_url(path, "data.tokenizer_path", workdir=False)
         if not files.path(path).exists() or files.path(path).is_dir():
             raise DataError(f"data.tokenizer_path: no such file: {path}")
-        saved = {"spm.model": files.path(path).read_bytes()}
+        model = files.read_bytes(path)
+        SentencePieceTokenizer(model, f"data.tokenizer_path: {path}")  # a bad file is refused before it is saved
+        saved = {"spm.model": model}
     elif kind == "sentencepiece":
         saved = {"spm.model": _train_sentencepiece(data_cfg, train_texts())}
     elif kind == "hf":
@@ -189,29 +236,40 @@ def build_tokenizer(data_cfg, workdir: str, train_texts: Callable[[], Iterable[s
         if not path or not files.path(path).exists():
             raise DataError(f"data.tokenizer_path: no such file or directory: {path!r} (data.tokenizer=hf needs one)")
         saved = {"hf_tokenizer.json": _read_hf(path).to_str().encode()}
-    else:
-        raise DataError(f"data.tokenizer: {kind!r} is not one of char, sentencepiece, hf")
-    d.mkdir(parents=True, exist_ok=True)
-    for name, data in saved.items():
-        _write(d / name, data)
-    _write(d / MANIFEST, json.dumps({"kind": kind, "file": next(iter(saved)), "source": path}).encode())
+    with files.writing(d, "the tokenizer"):
+        d.mkdir(parents=True, exist_ok=True)
+        for name, data in saved.items():
+            _write(d / name, data)
+        _write(d / MANIFEST, json.dumps({"kind": kind, "file": next(iter(saved)), "source": path}).encode())
     return load_tokenizer(workdir)
 
 
+def from_bytes(kind: str, data: bytes, where) -> Tokenizer:
+    """The tokenizer of `kind` saved as `data` (read from `where`); a file that is empty, truncated, binary or of
+    another kind is one DataError naming `where`."""
+    if kind == "char":
+        expected = "a char tokenizer's chars.json (a JSON string of its characters)"
+        chars = files.parse_json(files.decode_text(data, where, expected=expected), where, expected=expected)
+        if not isinstance(chars, str) or not chars:
+            raise DataError(f"{where}: not {expected}")
+        return CharTokenizer(chars)
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer(data, where)
+    return HFTokenizer(_hf_from_str(files.decode_text(data, where, expected="a Hugging Face tokenizer.json"), where))
+
+
 def load_tokenizer(workdir: str) -> Tokenizer:
-    """The tokenizer saved in `<workdir>/tokenizer/` by `build_tokenizer`."""
+    """The tokenizer saved in `<workdir>/tokenizer/` by `build_tokenizer`. A damaged manifest or tokenizer file
+    (empty, truncated, binary) is one DataError naming it."""
     d = files.path(workdir) / "tokenizer"
     if not (d / MANIFEST).exists():
         raise DataError(f"workdir: no tokenizer saved in {d} (a training run saves one there)")
-    manifest = json.loads((d / MANIFEST).read_text())
-    data = (d / manifest["file"]).read_bytes()
-    if manifest["kind"] == "char":
-        tok = CharTokenizer(json.loads(data))
-    elif manifest["kind"] == "sentencepiece":
-        tok = SentencePieceTokenizer(data)
-    else:
-        import tokenizers
-
-        tok = HFTokenizer(tokenizers.Tokenizer.from_str(data.decode()))
-    tok.fingerprint = hashlib.sha256(manifest["kind"].encode() + data).hexdigest()[:16]
+    expected = "gptjax's tokenizer manifest (a JSON object naming the kind and the file)"
+    manifest = files.read_json(d / MANIFEST, expected=expected)
+    kind, name = manifest.get("kind"), manifest.get("file")
+    if kind not in KINDS or not isinstance(name, str) or not name or "/" in name:
+        raise DataError(f"{d / MANIFEST}: not {expected}: kind {kind!r}, file {name!r}")
+    data = files.read_bytes(d / name)
+    tok = from_bytes(kind, data, d / name)
+    tok.fingerprint = hashlib.sha256(kind.encode() + data).hexdigest()[:16]
     return tok

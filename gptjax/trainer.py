@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gptjax import checkpoint, files, kernels, metrics, optimizer, sharding
+from gptjax import checkpoint, files, kernels, metrics, optimizer, sharding, workdirs
 from gptjax import loop as loop_lib
 from gptjax.errors import ConfigError
 from gptjax.metrics import log
@@ -112,15 +112,22 @@ class Trainer:
             return self._init(rng) if params is None else self._with_params(rng, params)
 
     def restore_or_init(self, mngr, seed: int, init: Callable | None = None) -> tuple[TrainState, int, dict | None]:
-        """Resume order: the latest complete checkpoint of `mngr`, else `init(abstract_params, fresh)` (fine-tuning
-        from another run; `fresh()` gives freshly initialised params), else scratch. Returns (state, first step to
-        run, the restored step's `data` item or None)."""
-        step = mngr.latest_step()
+        """Resume order: the newest complete checkpoint of `mngr` that reads, else `init(abstract_params, fresh)`
+        (fine-tuning from another run; `fresh()` gives freshly initialised params), else scratch. Returns (state,
+        first step to run, the restored step's `data` item or None).
+
+        A newer checkpoint that cannot be read is renamed aside as `<step>.corrupt` with one line, and the run
+        resumes from the newest that reads; `checkpoint.on_corrupt="refuse"` stops instead with one line naming it
+        (and applies to reading `train.init_from` too)."""
         abstract = self.abstract_state
-        if step is not None:
-            params, train, data = checkpoint.restore(mngr, step, abstract.params, abstract.train_item())
+        on_corrupt = self.config.checkpoint.get("on_corrupt", "fallback")
+        found = checkpoint.restore_latest(mngr, abstract.params, abstract.train_item(), on_corrupt=on_corrupt,
+                                          set_corrupt_aside=True, setting="checkpoint.on_corrupt")
+        if found is not None:
+            step, (params, train, data) = found
             return TrainState(train["step"], params, train["opt_state"], train["rng"]), int(step), data
-        params = init(abstract.params, lambda: self.init_state(seed).params) if init is not None else None
+        with checkpoint.corrupt_policy(on_corrupt, "checkpoint.on_corrupt"):
+            params = init(abstract.params, lambda: self.init_state(seed).params) if init is not None else None
         return self.init_state(seed, params), 0, None
 
     def _train_step(self, state: TrainState, batch: dict):
@@ -179,10 +186,19 @@ class Trainer:
         (`pretrained`). `hooks`: the kind's own, run after evaluation and before the checkpoint. `title` and
         `describe` make the run's first line ("gptjax finetune: 3.75M params, <describe>, steps 0..300, ...")."""
         c = self.config
+        workdirs.lock(workdir)  # taken by trainer.start already, unless the kind skipped it
         checkpoint.check_compatible(workdir, c)
         checkpoint.write_config(workdir, c)
-        mngr = checkpoint.manager(workdir, c.checkpoint)
-        state, start, data = self.restore_or_init(mngr, c.seed, init)
+        with checkpoint.saving(files.path(workdir) / "checkpoints", "checkpoints"):
+            mngr = checkpoint.manager(workdir, c.checkpoint)
+        hook = loop_lib.CheckpointHook(c.checkpoint.every_steps, mngr,
+                                       data_state or (lambda step: {"step": int(step)}), workdir)
+        try:
+            state, start, data = self.restore_or_init(mngr, c.seed, init)
+            writer = metrics.MetricWriter(workdir)
+        except BaseException:
+            loop_lib.close_all([hook], None, raising=False)  # the manager's threads end here, not at exit
+            raise
         if start:
             log(f"resumed from {workdir}/checkpoints/{start}")
         elif init is not None:
@@ -196,24 +212,29 @@ class Trainer:
         if validate is not None:
             all_hooks.append(loop_lib.EvalHook(c.eval.every_steps, validate))
         all_hooks += list(hooks)
-        all_hooks.append(loop_lib.CheckpointHook(c.checkpoint.every_steps, mngr,
-                                                 data_state or (lambda step: {"step": int(step)}), workdir))
-        writer = metrics.MetricWriter(workdir)
+        all_hooks.append(hook)
         try:
             loop = loop_lib.run_loop(self, state, start, c.train.steps, batches, all_hooks, writer, step_fn=step_fn)
-        finally:
-            writer.close()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the loop's error is the one to report
+                writer.close()
+            raise
+        writer.close()
         if jax.process_index() == 0 and (files.path(workdir) / "metrics.jsonl").exists():
-            metrics.plot_loss_curve(files.path(workdir) / "metrics.jsonl", files.path(workdir) / "loss_curve.png")
+            with files.writing(files.path(workdir) / "loss_curve.png", "the loss curve"):
+                metrics.plot_loss_curve(files.path(workdir) / "metrics.jsonl", files.path(workdir) / "loss_curve.png")
         return loop
 
 
 def start(config, workdir: str, check: Callable[[jax.sharding.Mesh], None] | None = None) -> jax.sharding.Mesh:
     """The start of every kind of training, before any work: the workdir URL (an unusable one is one line, never a
-    local folder named "gs:"), the attention implementation against the platform, and the mesh, which the batch
-    sizes must divide over (after the kind's own `check(mesh)`, which can say it in the kind's terms). Returns the
-    mesh."""
+    local folder named "gs:"), the workdir itself (a file in the way, a directory that cannot be created or
+    written: one line) and its lock (another live `gptjax train` on it: one line), the attention implementation
+    against the platform, and the mesh, which the batch sizes must divide over (after the kind's own
+    `check(mesh)`, which can say it in the kind's terms). Returns the mesh."""
     files.check_url(workdir)
+    workdirs.check_writable(workdir)
+    workdirs.lock(workdir)
     kernels.check_platform(config.model.attention_impl)
     mesh = sharding.make_mesh(config.mesh.shape)
     if check is not None:

@@ -1,17 +1,128 @@
-"""Using a finished workdir: load its config, tokenizer and params to sample from it; create one from a
-Hugging Face GPT-2 checkpoint."""
+"""Workdirs: the checks and the lock a run takes on its workdir before any work; using a finished workdir (load its
+config, tokenizer and params to sample from it); creating one from a Hugging Face GPT-2 checkpoint."""
 
 import dataclasses
+import errno
+import fcntl
+import json
 import os
+import socket
+import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from gptjax import checkpoint, configs, decoding, files, sampling, sharding, tokenizer
-from gptjax.errors import ConfigError
+from gptjax.errors import ConfigError, GptjaxError
 from gptjax.metrics import log
 from gptjax.model import GPT, ModelConfig
+
+
+LOCK_FILE = ".gptjax.lock"
+_LOCKS: dict = {}  # realpath of a workdir -> the open lock file this process holds on it
+
+
+class WorkdirBusy(GptjaxError):
+    """Another live process is training in the workdir."""
+
+
+def check_writable(workdir: str, key: str = "--workdir") -> None:
+    """One WriteError line, before any long work, when `workdir` cannot be a run's directory: a file is in its way,
+    it cannot be created, or a file cannot be written in it (read-only, no permission, no space). Every process of
+    a run checks: each writes its own shards of the checkpoints."""
+    p = files.path(workdir)
+    name = f"{key}={workdir}"
+    with files.writing(name, "the workdir"):
+        if files.is_local(p) and p.exists() and not p.is_dir():
+            raise OSError(errno.EEXIST, "a file is in the way")
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".gptjax-probe-{socket.gethostname()}-{os.getpid()}-{jax.process_index()}"
+        try:
+            if files.is_local(p):
+                with open(probe, "wb") as f:  # a few bytes, to disk: a full disk refuses them
+                    f.write(b"gptjax")
+                    f.flush()
+                    os.fsync(f.fileno())
+            else:
+                probe.write_bytes(b"gptjax")
+        except PermissionError as err:  # a bucket's refusal (HTTP 403) has no errno
+            raise OSError(err.errno or errno.EACCES, str(err)) from err
+        finally:
+            try:
+                probe.unlink()
+            except (OSError, FileNotFoundError):
+                pass
+
+
+def lock(workdir: str) -> None:
+    """Takes the workdir's lock for this process, so that a second `gptjax train` on the same workdir (the same
+    command started twice) refuses in one line naming the holder instead of writing checkpoints between the first
+    one's. An exclusive flock on `<workdir>/.gptjax.lock`, which the kernel releases when the holder dies however
+    it dies (no stale lock after SIGKILL). Taken once per run: by process 0 of a multi-process run (whose
+    processes share the workdir) and again by nobody in this process (it is reentrant). A gs:// workdir has no
+    lock: an object store has no lock that outlives a killed holder without a lease, and none is kept there (two
+    runs on one bucket workdir are not stopped). A filesystem without flock (some network filesystems) has none
+    either."""
+    p = files.path(workdir)
+    busy = None
+    if jax.process_index() == 0 and files.is_local(p):
+        key = os.path.realpath(os.fspath(p))
+        if key not in _LOCKS:
+            busy = _take_lock(workdir, key)
+    if jax.process_count() > 1:  # the other processes of a second run stop with process 0
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        if not multihost_utils.broadcast_one_to_all(np.array(busy is None)):
+            busy = busy or WorkdirBusy(f"--workdir={workdir} is in use by another gptjax run (process 0 of this "
+                                       "run found it locked)")
+    if busy is not None:
+        raise busy
+
+
+def _take_lock(workdir: str, key: str) -> WorkdirBusy | None:
+    path = os.path.join(key, LOCK_FILE)
+    with files.writing(f"--workdir={workdir}", "the workdir's lock file"):
+        os.makedirs(key, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        return WorkdirBusy(f"--workdir={workdir} is in use by another gptjax run{holder}; wait for it to end or "
+                           "stop it (it resumes later), or use another --workdir")
+    except OSError as err:  # no flock here (ENOLCK, EOPNOTSUPP): the run goes on without a lock
+        os.close(fd)
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return None
+        raise
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+    except OSError:
+        pass  # who holds it is only told to a second run; the lock itself is taken
+    _LOCKS[key] = fd
+    return None
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f" (pid {info['pid']} on {info['host']}, since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def unlock(workdir: str | None = None) -> None:
+    """Releases this process's lock on `workdir` (all of them when None); the end of the process does it too."""
+    keys = list(_LOCKS) if workdir is None else [os.path.realpath(os.fspath(files.path(workdir)))]
+    for key in keys:
+        fd = _LOCKS.pop(key, None)
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor of the lock file releases the flock
 
 
 def model_dir(workdir: str) -> str:
@@ -142,6 +253,7 @@ def import_hf(hf_dir: str, workdir: str) -> None:
     files.check_url(workdir)
     if (files.path(workdir) / checkpoint.CONFIG_FILE).exists():
         raise checkpoint.CheckpointError(f"--workdir={workdir} already holds a run; choose a new directory")
+    check_writable(workdir)
     overrides, params = hf.load_hf_gpt2(hf_dir)
     config = configs.get_config()
     config.model.update(overrides)

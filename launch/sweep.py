@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slurm  # noqa: E402
 import tpu_pod  # noqa: E402
 
+from gptjax import files  # noqa: E402
 from gptjax.configs import smoke  # noqa: E402
 
 LAUNCHERS = ("local", "slurm", "tpu")
@@ -85,11 +86,34 @@ def train_command(config: str, workdir: str, overrides: dict, extra: list[str]) 
 # --- results ----------------------------------------------------------------------------------------------------
 
 
+_NUMBERS = ("train_loss", "train_bpb", "val_loss", "val_bpb", "tokens_per_sec", "wall_seconds")
+
+
 def read_metrics(workdir: str) -> list[dict]:
+    """The rows of a run's metrics.jsonl. A line that is not a row of metrics (the partial last line of a run
+    killed while writing, or a damaged, binary or foreign file) is left out, with one note naming the file and the
+    lines: the results table is still written for every run."""
     path = _path(workdir) / "metrics.jsonl"
-    if not path.exists():
+    if not path.exists() or path.is_dir():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, skipped = [], []
+    for i, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int) or \
+                not all(isinstance(row[k], (int, float)) for k in _NUMBERS if k in row):
+            skipped.append(i)
+            continue
+        rows.append(row)
+    if skipped:
+        some = ", ".join(map(str, skipped[:5])) + (" ..." if len(skipped) > 5 else "")
+        print(f"sweep: note: {path}: left out {len(skipped)} line{'s' * (len(skipped) > 1)} that "
+              f"{'are' if len(skipped) > 1 else 'is'} not a row of metrics (line {some})", file=sys.stderr)
+    return rows
 
 
 def summarize(name: str, overrides: dict, rows: list[dict], status: str = "",
@@ -142,7 +166,12 @@ def _fmt(key: str, value) -> str:
 def write_results(workdir: str, results: list[dict], curves: dict[str, list[dict]]) -> None:
     """results.csv (full precision), results.md (a table) and val_curves.png under the sweep's workdir."""
     root = _path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
+    with files.writing(root, "the sweep's results"):
+        root.mkdir(parents=True, exist_ok=True)
+        _write_results(root, results, curves)
+
+
+def _write_results(root, results: list[dict], curves: dict[str, list[dict]]) -> None:
     icl = sorted({k for r in results for k in r if k.startswith("icl/")})  # evaluation columns, where runs had any
     buf = io.StringIO()
     w = csv.DictWriter(buf, COLUMNS + tuple(icl), lineterminator="\n")
@@ -177,7 +206,7 @@ def write_results(workdir: str, results: list[dict], curves: dict[str, list[dict
             ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], marker="o", markersize=3, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(f"validation loss: {os.path.basename(str(workdir).rstrip('/'))}")
+    ax.set_title(f"validation loss: {os.path.basename(str(root).rstrip('/'))}")
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize=7)
@@ -315,6 +344,8 @@ def main(argv=None) -> int:
         if args.launcher == "tpu" and not args.workdir.startswith("gs://") and not args.dry_run:
             raise SweepError("--workdir: the tpu launcher needs a gs:// workdir that the slices write to")
         root = args.workdir.rstrip("/")
+        if files.is_local(root) and not args.dry_run:  # a file in the way, read-only: one line before any run
+            files.writable_dir(root, "the sweep's runs and results")
         commands = {run_name(e): train_command(args.config, f"{root}/{run_name(e)}", e, extra) for e in entries}
         outcomes = {}
         if not args.collect_only:
@@ -328,7 +359,7 @@ def main(argv=None) -> int:
             print(f"# then write {args.workdir}/results.md, results.csv and val_curves.png")
             return 0
         results = collect(args.workdir, entries, outcomes)
-    except (SweepError, slurm.LaunchError, tpu_pod.LaunchError) as e:
+    except (SweepError, slurm.LaunchError, tpu_pod.LaunchError, files.WriteError) as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2
     print(_path(args.workdir).joinpath("results.md").read_text(), end="")

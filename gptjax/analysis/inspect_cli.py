@@ -57,7 +57,10 @@ def read_text(f) -> str:
         files.check_url(f.text_file, "--text_file", workdir=False)
         if not files.path(f.text_file).is_file():
             raise GptjaxError(f"--text_file: no such file: {f.text_file}")
-        return files.path(f.text_file).read_text(encoding="utf-8")
+        text = files.read_text(f.text_file, PromptError, "UTF-8 text")  # a binary file or a picture: one line
+        if not text.strip():
+            raise PromptError(f"--text_file: {f.text_file} is empty; give some text to inspect")
+        return text
     return f.text
 
 
@@ -81,8 +84,8 @@ def _label(tok, i: int) -> str:
 
 
 def run(f) -> None:
-    from gptjax import analysis, workdirs
-    from gptjax.analysis import pages, plots
+    from gptjax import workdirs
+    from gptjax.analysis import pages
 
     if not f.out:
         raise GptjaxError("--out: required (a directory for the pictures and pages)")
@@ -97,9 +100,19 @@ def run(f) -> None:
     layers = _indices(f.layers, model_cfg.num_layers, "layers")
     heads = _indices(f.heads, model_cfg.num_heads, "heads")
     ids = fit_tokens(tok.encode(text), model_cfg.max_len, f.truncate)
+    what = "the inspect outputs (--out)"
+    out_dir = files.writable_dir(f.out, what)  # a file in the way, read-only: one line before the params load
     params = workdirs.load_params(workdirs.model_dir(f.workdir), config, model_cfg)
-    out_dir = files.path(f.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with files.writing(out_dir, what):  # a disk that fills up while writing: one line naming --out
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_outputs(f, model_cfg, tok, params, ids, layers, heads, out_dir)
+
+
+def _write_outputs(f, model_cfg, tok, params, ids, layers, heads, out_dir) -> None:
+    """Every output of `gptjax inspect` into `out_dir`: one recording pass, then each picture, page and file."""
+    from gptjax import analysis
+    from gptjax.analysis import pages, plots
+
     out = lambda name: out_dir / name  # noqa: E731
     labels = [_label(tok, i) for i in ids]
     title = f"{os.path.basename(os.path.normpath(f.workdir))}: {len(ids)} tokens"

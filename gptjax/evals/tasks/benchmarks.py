@@ -25,7 +25,7 @@ Formats:
 """
 
 import csv
-import json
+import io
 import os
 import re
 
@@ -90,21 +90,31 @@ def _check_file(name: str, path: str) -> str:
 
 
 def _read_rows(path: str) -> list[_Row]:
+    """The records of a release file (.csv, .json or .jsonl); a file that is empty, truncated, binary or of another
+    kind is one DataError naming it."""
     path = os.path.expanduser(path)
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".csv"):
-            return [_Row(r, f"{path} row {i + 2}") for i, r in enumerate(csv.DictReader(f))]
-        text = f.read()
-    if path.endswith(".json"):
+    if path.endswith(".csv"):
+        text = files.read_text(path, expected="a CSV file")
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from e
+            rows = [_Row(r, f"{path} row {i + 2}") for i, r in enumerate(csv.DictReader(io.StringIO(text)))]
+        except csv.Error as e:
+            raise DataError(f"{path}: not a CSV file ({e})") from None
+        short = next((r for r in rows if None in r or None in r.values()), None)  # csv fills a short row with None
+        if short is not None:
+            raise DataError(f"{short.where}: {len([v for v in short.values() if v is not None])} fields where the "
+                            f"header has {len([k for k in short if k is not None])}"
+                            + (" (the file ends in this row: it is truncated)" if short is rows[-1] else ""))
+    elif path.endswith(".json"):
+        data = files.parse_json(files.read_text(path, expected="a JSON file"), path)
         rows = data["Data"] if isinstance(data, dict) and "Data" in data else data
-        if not isinstance(rows, list):
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise DataError(f"{path}: expected a list of records or {{'Data': [...]}}")
-        return [_Row(r, f"{path} record {i}") for i, r in enumerate(rows)]
-    return [_Row(row, where) for where, row in files.read_jsonl(path)]
+        rows = [_Row(r, f"{path} record {i}") for i, r in enumerate(rows)]
+    else:
+        return [_Row(row, where) for where, row in files.read_jsonl(path)]
+    if not rows:
+        raise DataError(f"{path}: no records")
+    return rows
 
 
 def _decode(x):
@@ -163,7 +173,10 @@ def _read_tfds(name: str, tfds_name: str, split: str, data_dir: str) -> list[_Ro
     except Exception as e:  # not registered, no such split, another file format: TFDS raises several types
         raise DataError(f"task {name}: cannot read TFDS {tfds_name!r} split {split!r} ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]}); prepare it, or give the benchmark's file as path=") from e
-    return [_Row(_from_tfds(name, _decode(r)), f"tfds {tfds_name}[{split}] record {i}") for i, r in enumerate(source)]
+    from gptjax import data
+
+    records = data.read_records(source, range(len(source)), f"task {name}: tfds dataset {tfds_name!r} split {split!r}")
+    return [_Row(_from_tfds(name, _decode(r)), f"tfds {tfds_name}[{split}] record {i}") for i, r in enumerate(records)]
 
 
 def _hellaswag_text(text: str) -> str:
@@ -252,8 +265,18 @@ def benchmark(name: str, path: str = "", demos: str = "", labels: str = "", demo
             rows = _read_tfds(name, tfds or tfds_name, tfds_split, data_dir)
         lab = None
         if labels_file:
-            with open(_check_file(name, labels_file), encoding="utf-8") as f:
-                lab = [ln.strip() for ln in f if ln.strip()]
+            lab_file = _check_file(name, labels_file)
+            lab = [ln.strip() for ln in files.read_text(lab_file, expected="a labels file (one label per line)")
+                   .splitlines() if ln.strip()]
+            if not lab:
+                raise DataError(f"{lab_file}: empty; expected one label per line")
+            bad = next((i for i, x in enumerate(lab) if not re.fullmatch(r"-?[0-9]+", x)), None)
+            if bad is not None:
+                raise DataError(f"{lab_file}: label {bad + 1} is {lab[bad][:40]!r}, not an integer: is it the "
+                                "labels file?")
+        if lab is not None and len(lab) != len(rows):
+            raise DataError(f"{lab_file}: {len(lab)} labels for the {len(rows)} records of {file or tfds_split} (a file cut short, "
+                            "or another file's labels?)")
         return [to_example(name, r, lab, i) for i, r in enumerate(rows)]
 
     examples = load(path, labels, split or default_split)
