@@ -61,7 +61,7 @@ setup(
         "gcs": ["gcsfs>=2024.6", "google-cloud-storage>=2.18,<4"],
         # libtpu: `gptjax plan` compiles the real TPU program ahead of time on any machine.
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
-        "test": ["pytest>=8", "tensorboard>=2.16", "torch==2.13.0", "transformers>=4.40", "lm-eval==0.4.13",
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "tensorboard>=2.16", "torch==2.13.0", "transformers>=4.40", "lm-eval==0.4.13",
                  "bertviz==1.4.1", "jax[tpu]>=0.10.2,<0.11",
                  "accelerate",  # lm-eval's hf backend, the peer in benchmarks/eval_throughput.py
                  "trl==1.16.0"],  # the RL losses are checked against trl's on the same inputs

@@ -11,6 +11,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TPU topologies for ahead-of-time compiles do not need the TPU platform initialised. On a GPU machine,
 # GPTJAX_TEST_PLATFORMS=cuda,cpu runs tests/test_gpu.py on the GPU (the rest of the suite assumes the CPU).
 os.environ["JAX_PLATFORMS"] = os.environ.get("GPTJAX_TEST_PLATFORMS", "cpu")
+# One persistent compilation cache for the session, its subprocesses (each `gptjax` command a test runs compiles
+# much the same smoke-sized programs) and pytest-xdist's workers, which start after this module is read. A cache
+# hit skips XLA's compile, never the tracing or the run, so every program still runs as the user's would.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gptjax-tests-jax-cache-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 import pytest  # noqa: E402
 

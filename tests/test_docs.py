@@ -61,8 +61,6 @@ def workspace(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS", "PYTEST_CURRENT_TEST",
                                                              "TF_CPP_MIN_LOG_LEVEL")}  # XLA's warnings are part of what a user sees
     env.update(GPTJAX_SMOKE="1", XLA_FLAGS=FAST_COMPILE, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
                TFDS_DATA_DIR=str(tmp_path_factory.mktemp("tensorflow_datasets")),
                PATH=f"{os.path.dirname(sys.executable)}:{env.get('PATH', '')}")
     return root, env
@@ -157,10 +155,10 @@ def test_every_unrun_command_says_why_and_may():
 
 def test_the_readme_test_command_is_what_ci_runs():
     setup = [c for c in COMMANDS if c.mode == "suite" and c.doc == "README.md" and "pip install" in c.text]
-    assert [c.text for c in setup] == ['pip install -e ".[test]" && python -m pytest tests -q']
+    assert [c.text for c in setup] == ['pip install -e ".[test]" && python -m pytest tests -q -n auto']
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"python3? -m pip install -q -e \"\.\[test\]\"", ci)
-    assert re.search(r"python3? -m pytest tests -q", ci)
+    assert re.search(r"python3? -m pytest tests -q -n auto", ci)
 
 
 @pytest.mark.docs

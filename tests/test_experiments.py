@@ -319,27 +319,13 @@ RESOURCES = {
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """The Lab, with GPTJAX_SMOKE=1 and, for this module's runs only, a persistent compilation cache (runs of
-    different files often compile the same programs: the size presets of one recipe, the data shards of another)."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-
-    cache = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
-             "jax_persistent_cache_min_compile_time_secs": 0.0, "jax_persistent_cache_min_entry_size_bytes": -1}
-    before = {k: getattr(jax.config, k) for k in cache}
+    """The Lab, with GPTJAX_SMOKE=1 (the session's persistent compilation cache, tests/conftest.py, serves runs of
+    different files that compile the same programs: the size presets of one recipe, the data shards of another)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GPTJAX_SMOKE", "1")
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("HF_DATASETS_OFFLINE", "1")
-        for k, v in cache.items():
-            jax.config.update(k, v)
-        compilation_cache.reset_cache()
-        try:
-            yield Lab(tmp_path_factory.mktemp("experiments"))
-        finally:
-            for k, v in before.items():
-                jax.config.update(k, v)
-            compilation_cache.reset_cache()
+        yield Lab(tmp_path_factory.mktemp("experiments"))
 
 
 # --- the runs -----------------------------------------------------------------------------------------------------
