@@ -186,7 +186,7 @@ class Trainer:
         (`pretrained`). `hooks`: the kind's own, run after evaluation and before the checkpoint. `title` and
         `describe` make the run's first line ("gptjax finetune: 3.75M params, <describe>, steps 0..300, ...")."""
         c = self.config
-        workdirs.lock(workdir)  # taken by trainer.start already, unless the kind skipped it
+        workdirs.lock(workdir)  # taken by trainer.start already where the workdir existed
         checkpoint.check_compatible(workdir, c)
         checkpoint.write_config(workdir, c)
         with checkpoint.saving(files.path(workdir) / "checkpoints", "checkpoints"):
@@ -234,7 +234,8 @@ def start(config, workdir: str, check: Callable[[jax.sharding.Mesh], None] | Non
     `check(mesh)`, which can say it in the kind's terms). Returns the mesh."""
     files.check_url(workdir)
     workdirs.check_writable(workdir)
-    workdirs.lock(workdir)
+    if files.path(workdir).exists():  # a run there already (perhaps live); a new workdir is locked by `fit`
+        workdirs.lock(workdir)
     kernels.check_platform(config.model.attention_impl)
     mesh = sharding.make_mesh(config.mesh.shape)
     if check is not None:

@@ -29,14 +29,21 @@ class WorkdirBusy(GptjaxError):
 
 def check_writable(workdir: str, key: str = "--workdir") -> None:
     """One WriteError line, before any long work, when `workdir` cannot be a run's directory: a file is in its way,
-    it cannot be created, or a file cannot be written in it (read-only, no permission, no space). Every process of
-    a run checks: each writes its own shards of the checkpoints."""
+    it cannot be created, or a file cannot be written in it (read-only, no permission, no space). A local workdir
+    that does not exist yet is not made here: the folder it would be made in is probed. Every process of a run
+    checks: each writes its own shards of the checkpoints."""
     p = files.path(workdir)
     name = f"{key}={workdir}"
     with files.writing(name, "the workdir"):
-        if files.is_local(p) and p.exists() and not p.is_dir():
+        if files.is_local(p) and not p.exists():  # not made here (bad input found later leaves no workdir): the
+            # folder it would be made in must take a file, and no file may be in the way on the path to it
+            p = next(a for a in p.parents if a.exists())
+            if not p.is_dir():
+                raise OSError(errno.EEXIST, f"a file is in the way: {p}")
+        elif files.is_local(p) and not p.is_dir():
             raise OSError(errno.EEXIST, "a file is in the way")
-        p.mkdir(parents=True, exist_ok=True)
+        else:
+            p.mkdir(parents=True, exist_ok=True)
         probe = p / f".gptjax-probe-{socket.gethostname()}-{os.getpid()}-{jax.process_index()}"
         try:
             if files.is_local(p):

@@ -205,8 +205,10 @@ def test_onehot_embedding_equals_the_gather(dtype):
                      jax.grad(loss)(params, impl), jax.grad(loss)(params, "gather"))
 
 
-def test_auto_embedding_is_onehot_when_the_table_is_split(capsys):
-    from gptjax import configs, sharding
+def test_auto_embedding_is_onehot_when_the_table_is_split(capsys, monkeypatch):
+    from gptjax import configs, kernels, sharding
+
+    monkeypatch.setattr(kernels, "_announced", set())  # announced once per process: perhaps by an earlier test
 
     rules = sharding.hashable_rules(configs.get_config().mesh.logical_axis_rules)
     cfg, ids = dataclasses.replace(TINY, vocab_size=64), tokens(B=8)  # the logits split over the tensor axis
