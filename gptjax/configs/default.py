@@ -154,6 +154,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in ("param_dtype", "dtype"):
         need(m[key] in ("float32", "bfloat16", "float16", "float64"), f"model.{key}",
              f"{m[key]!r} is not a float dtype name")
+    chunks = m.get("loss_chunks", 1)
+    need(isinstance(chunks, int) and chunks >= 1 and d.seq_len % chunks == 0, "model.loss_chunks",
+         f"{chunks} pieces do not split data.seq_len={d.seq_len}")
     need(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     need(d.seq_len > 0, "data.seq_len", f"must be positive, got {d.seq_len}")
     need(d.seq_len <= m.max_len, "data.seq_len",
