@@ -29,7 +29,7 @@ CONFIG_FILE = "config.json"
 # Keys that must agree between a workdir's saved config and the config that resumes or samples from it, and the
 # model fields that may change between runs on the same params (resuming, or fine-tuning from `train.init_from`).
 _IDENTITY_KEYS = ("model", "data.tokenizer", "data.seq_len")
-TUNABLE_MODEL_KEYS = ("dropout", "dtype", "remat", "attention_impl", "norm_impl", "loss_impl", "embed_impl")
+TUNABLE_MODEL_KEYS = ("dropout", "dtype", "remat", "attention_impl", "norm_impl", "loss_impl", "embed_impl", "loss_chunks")
 
 
 ON_CORRUPT = ("fallback", "refuse")  # checkpoint.on_corrupt, and the readers' --on_corrupt

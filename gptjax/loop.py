@@ -103,11 +103,12 @@ def run_loop(trainer, state, start: int, total_steps: int, batch_fn: Callable[[i
             for h in hooks:
                 h.begin(loop)
             for step in range(start, total_steps):
-                if step_fn is not None:
-                    loop.state, loop.outputs = step_fn(loop.state, step)
-                else:
-                    batch = sharding.host_local_to_global(batch_fn(step), trainer.mesh)
-                    loop.state, loop.outputs = trainer.train_step(loop.state, batch)
+                with jax.profiler.StepTraceAnnotation("train", step_num=step):  # free unless a trace is on
+                    if step_fn is not None:
+                        loop.state, loop.outputs = step_fn(loop.state, step)
+                    else:
+                        batch = sharding.host_local_to_global(batch_fn(step), trainer.mesh)
+                        loop.state, loop.outputs = trainer.train_step(loop.state, batch)
                 loop.step = step + 1
                 for h in hooks:
                     h.after_dispatch(loop)
@@ -256,3 +257,36 @@ class CheckpointHook(Hook):
     def close(self, loop):
         self.preemption.restore()
         checkpoint.finish(self.mngr, self._where(self.pending))
+
+
+class ProfileHook(Hook):
+    """A jax.profiler trace of steps `start`..`end`-1 into `<workdir>/plugins/profile/<time>/` (where TensorBoard's
+    profile plugin and xprof look): started before step `start` is dispatched, stopped once step `end`-1 has
+    finished on the device. Each traced step is annotated with its number (xprof's step view)."""
+
+    def __init__(self, start: int, end: int, workdir: str):
+        self.start, self.end, self.workdir = start, end, workdir
+        self.tracing = False
+
+    def _begin_trace(self, loop):
+        if loop.step == self.start and not self.tracing:
+            jax.profiler.start_trace(str(files.path(self.workdir)))
+            self.tracing = True
+            log(f"profiling steps {self.start}..{self.end - 1} into {self.workdir}/plugins/profile")
+
+    def begin(self, loop):
+        self._begin_trace(loop)
+
+    def after_dispatch(self, loop):
+        if self.tracing and loop.step >= self.end:
+            self._stop(loop)
+        self._begin_trace(loop)
+
+    def _stop(self, loop):
+        jax.block_until_ready(loop.outputs)
+        jax.profiler.stop_trace()
+        self.tracing = False
+
+    def close(self, loop):
+        if self.tracing:
+            self._stop(loop)

@@ -346,6 +346,32 @@ def count_params(params) -> int:
     return sum(int(math.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
+def chunked_cross_entropy(c: ModelConfig, x_BxTxD, head, targets_BxT, weights_BxT=None, chunks: int = 1,
+                          impl: str = "auto"):
+    """cross_entropy(unembed(c, x, head), ...) without the whole logits: the sequence in `chunks` pieces, scanned;
+    each piece's float32 logits are made, reduced to its summed loss and remade in the backward pass
+    (jax.checkpoint), so at most one piece's logits exist. The rows stay split over the mesh as the batch is."""
+    B, T, D = x_BxTxD.shape
+    if T % chunks:
+        raise ConfigError(f"model.loss_chunks: {chunks} pieces do not split a sequence of {T}")
+    if weights_BxT is None:
+        weights_BxT = jnp.ones(targets_BxT.shape, jnp.float32)
+    weights_BxT = weights_BxT.astype(jnp.float32)
+    nll_fn = kernels.token_nll_fn(impl)
+
+    def pieces(a):  # (B, T, ...) -> (chunks, B, T / chunks, ...)
+        return jnp.swapaxes(a.reshape(B, chunks, T // chunks, *a.shape[2:]), 0, 1)
+
+    @jax.checkpoint
+    def piece(x_BxCxD, t_BxC, w_BxC):
+        return (nll_fn(unembed(c, x_BxCxD, head), t_BxC) * w_BxC).sum()
+
+    total_nll, _ = jax.lax.scan(lambda acc, xs: (acc + piece(*xs), None), jnp.zeros((), jnp.float32),
+                                (pieces(x_BxTxD), pieces(targets_BxT), pieces(weights_BxT)))
+    total = weights_BxT.sum()
+    return total_nll / jnp.maximum(total, 1.0), total
+
+
 def cross_entropy(logits_BxTxV, targets_BxT, weights_BxT=None, impl: str = "auto"):
     """Mean next-token cross-entropy (nats), weighted; returns (loss, total weight). `impl` is model.loss_impl."""
     nll_BxT = kernels.token_nll_fn(impl)(logits_BxTxV, targets_BxT)

@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from gptjax.model import cross_entropy
+from gptjax.model import chunked_cross_entropy, cross_entropy, lm_head_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +39,19 @@ class LanguageModeling:
         return model.init({"params": rng}, batch["inputs"], positions_BxT=batch.get("positions"),
                           segment_ids_BxT=batch.get("segment_ids"))["params"]
 
+    def _loss(self, model, params, batch: dict, rng=None, train: bool = False):
+        chunks = getattr(model.cfg, "loss_chunks", 1)
+        if chunks > 1:  # the whole logits are never made (the model's own, unused, are dead code under jit)
+            x_BxTxD, _ = self.forward(model, params, batch, rng, train=train, return_hidden=True)
+            return chunked_cross_entropy(model.cfg, x_BxTxD, lm_head_params(model.cfg, params), batch["targets"],
+                                         batch.get("weights"), chunks, self.loss_impl)
+        logits_BxTxV = self.forward(model, params, batch, rng, train=train)
+        return cross_entropy(logits_BxTxV, batch["targets"], batch.get("weights"), self.loss_impl)
+
     def loss(self, model, params, batch: dict, rng):
-        logits_BxTxV = self.forward(model, params, batch, rng, train=True)
-        loss, _ = cross_entropy(logits_BxTxV, batch["targets"], batch.get("weights"), self.loss_impl)
+        loss, _ = self._loss(model, params, batch, rng, train=True)
         return loss, {}
 
     def evaluate(self, model, params, batch: dict) -> dict:
-        logits_BxTxV = self.forward(model, params, batch)
-        loss, count = cross_entropy(logits_BxTxV, batch["targets"], batch.get("weights"), self.loss_impl)
+        loss, count = self._loss(model, params, batch)
         return {"val_loss": (loss * count, count)}

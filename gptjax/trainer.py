@@ -212,6 +212,9 @@ class Trainer:
         if validate is not None:
             all_hooks.append(loop_lib.EvalHook(c.eval.every_steps, validate))
         all_hooks += list(hooks)
+        profile = tuple(c.train.get("profile_steps", (0, 0)))
+        if profile[1] > start and (jax.process_index() == 0 or c.train.get("profile_all_processes", False)):
+            all_hooks.append(loop_lib.ProfileHook(max(profile[0], start), profile[1], workdir))
         all_hooks.append(hook)
         try:
             loop = loop_lib.run_loop(self, state, start, c.train.steps, batches, all_hooks, writer, step_fn=step_fn)

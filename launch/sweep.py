@@ -12,6 +12,8 @@ Each entry of get_sweep() is a dict of config overrides; its run is `gptjax trai
   slurm  submits one job per entry, all at once (launch/slurm.py), and waits until none is queued or running;
   tpu    runs one TPU slice per entry, all at once, named <--tpu>-<i> (launch/tpu_pod.py: create, set up, run,
          fetch logs, delete).
+  xpk    submits one workload per entry to a GKE cluster, named <--workload>-<i> (launch/xpk.py), and waits for
+         them all: `--launcher=xpk --cluster=C --workload=abl --tpu_type=v5e-16 --zone=Z`.
 --dry_run prints every command and runs none. When the runs have finished, WORKDIR gets results.md and
 results.csv (each run's overrides, final train and validation loss and bits per byte, tokens/s, wall time, read
 from its metrics.jsonl) and val_curves.png (validation loss against step for all runs). A finished entry
@@ -34,11 +36,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slurm  # noqa: E402
 import tpu_pod  # noqa: E402
+import xpk  # noqa: E402
 
 from gptjax import files  # noqa: E402
 from gptjax.configs import smoke  # noqa: E402
 
-LAUNCHERS = ("local", "slurm", "tpu")
+LAUNCHERS = ("local", "slurm", "tpu", "xpk")
 SMOKE_ENTRIES = 2  # under GPTJAX_SMOKE=1 a sweep runs its first entries (each shrunk): the runner end to end
 COLUMNS = ("run", "overrides", "status", "steps", "train_loss", "train_bpb", "val_loss", "val_bpb", "tokens_per_sec",
            "wall_seconds")
@@ -316,6 +319,27 @@ def run_tpu(commands: dict[str, list[str]], workdir: str, args, dry_run: bool, r
         return dict(zip(commands, pool.map(one, commands)))
 
 
+def run_xpk(commands: dict[str, list[str]], args, dry_run: bool, runner=subprocess.run) -> dict[str, dict]:
+    """One xpk workload per entry (<workload>-<i>) on the cluster, submitted at once and waited for together."""
+    if not args.workload:
+        raise SweepError("--workload: give a name prefix for the entries' xpk workloads")
+    loads = {name: xpk.workload_from_flags(args, f"{args.workload}-{i}") for i, name in enumerate(commands)}
+    for name in commands:  # submitted one after another: the cluster's queue runs them as capacity allows
+        rc = xpk.launch(loads[name], commands[name], dry_run=dry_run, runner=runner)
+        if rc:
+            raise SweepError(f"xpk workload {loads[name].workload} was not created (exit {rc})")
+    if dry_run:
+        return {}
+
+    def wait(name: str) -> dict:
+        rc = runner(loads[name].wait(), check=False, text=True).returncode
+        print(f"sweep: {name} on {loads[name].workload}: {'done' if rc == 0 else f'failed (exit {rc})'}", flush=True)
+        return {"status": "done" if rc == 0 else f"failed (exit {rc})", "wall_seconds": None}
+
+    with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
+        return dict(zip(commands, pool.map(wait, commands)))
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
@@ -332,6 +356,9 @@ def main(argv=None) -> int:
     tpu = parser.add_argument_group("tpu launcher (see launch/tpu_pod.py)")
     tpu.add_argument("--tpu", default="", help="name prefix of the slices: <tpu>-<entry index>")
     tpu_pod.add_flags(tpu)
+    gke = parser.add_argument_group("xpk launcher (see launch/xpk.py; --zone and --project as for tpu)")
+    gke.add_argument("--workload", default="", help="name prefix of the workloads: <workload>-<entry index>")
+    xpk.add_flags(gke, location=False)
     job = parser.add_argument_group("slurm launcher (see launch/slurm.py)")
     job.add_argument("--job_name", default="gptjax", help="name prefix of the jobs: <job_name>-<entry index>")
     slurm.add_flags(job)
@@ -341,8 +368,8 @@ def main(argv=None) -> int:
         if smoke.enabled() and len(entries) > SMOKE_ENTRIES:  # each run is shrunk too (gptjax inherits the variable)
             entries = entries[:SMOKE_ENTRIES]
             smoke.announce(f"the first {SMOKE_ENTRIES} entries of the sweep")
-        if args.launcher == "tpu" and not args.workdir.startswith("gs://") and not args.dry_run:
-            raise SweepError("--workdir: the tpu launcher needs a gs:// workdir that the slices write to")
+        if args.launcher in ("tpu", "xpk") and not args.workdir.startswith("gs://") and not args.dry_run:
+            raise SweepError(f"--workdir: the {args.launcher} launcher needs a gs:// workdir that the slices write to")
         root = args.workdir.rstrip("/")
         if files.is_local(root) and not args.dry_run:  # a file in the way, read-only: one line before any run
             files.writable_dir(root, "the sweep's runs and results")
@@ -353,13 +380,15 @@ def main(argv=None) -> int:
                 outcomes = run_local(commands, args.workdir, args.parallel, args.dry_run)
             elif args.launcher == "slurm":
                 outcomes = run_slurm(commands, args.workdir, args, args.dry_run, poll_seconds=args.poll_seconds)
+            elif args.launcher == "xpk":
+                outcomes = run_xpk(commands, args, args.dry_run)
             else:
                 outcomes = run_tpu(commands, args.workdir, args, args.dry_run, poll_seconds=args.poll_seconds)
         if args.dry_run:
             print(f"# then write {args.workdir}/results.md, results.csv and val_curves.png")
             return 0
         results = collect(args.workdir, entries, outcomes)
-    except (SweepError, slurm.LaunchError, tpu_pod.LaunchError, files.WriteError) as e:
+    except (SweepError, slurm.LaunchError, tpu_pod.LaunchError, xpk.LaunchError, files.WriteError) as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2
     print(_path(args.workdir).joinpath("results.md").read_text(), end="")

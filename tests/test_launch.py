@@ -296,3 +296,66 @@ def test_distributed_off_a_cluster_is_one_line(no_cluster, capsys, tmp_path):
     one_line_error(capsys, "--process_id=2: must be 0 to 1 with --num_processes=2", "train", "--num_processes=2",
                    "--process_id=2", "--coordinator_address=127.0.0.1:1234", f"--workdir={tmp_path / 'run'}")
     assert not (tmp_path / "run").exists()
+
+
+XPK = ["--cluster=my-cluster", "--tpu_type=v5e-256", "--num_slices=2", "--zone=us-west4-a", "--project=my-proj"]
+
+
+def test_xpk_dry_run_creates_one_workload_that_installs_and_runs_on_every_host():
+    out = launch("xpk.py", "--workload=gpt2-run", *XPK, "--dry_run", "--", *TRAIN).stdout
+    (create,) = commands(out)
+    assert create[:3] == ["xpk", "workload", "create"]
+    assert flag(create, "workload") == "gpt2-run" and flag(create, "cluster") == "my-cluster"
+    assert flag(create, "tpu-type") == "v5litepod-256" and flag(create, "num-slices") == "2"
+    assert flag(create, "zone") == "us-west4-a" and flag(create, "project") == "my-proj"
+    assert flag(create, "base-docker-image") == "python:3.11-slim" and flag(create, "script-dir") == str(ROOT)
+    assert flag(create, "command") == (
+        "set -e; python3 -m pip install --quiet --no-cache-dir -e '.[gcs,tpu]'; " + shlex.join([*TRAIN, "--distributed"]))
+    assert "2 x v5litepod-256 (128 hosts)" in out
+    assert "# when it is done: xpk workload delete --workload=gpt2-run --cluster=my-cluster" in out
+    # A prebuilt image: no build, no install.
+    (create,) = commands(launch("xpk.py", "--workload=gpt2-run", *XPK, "--docker_image=gcr.io/p/gptjax:1",
+                                "--dry_run", "--", *TRAIN).stdout)
+    assert flag(create, "docker-image") == "gcr.io/p/gptjax:1" and not any("script-dir" in a for a in create)
+    assert flag(create, "command") == shlex.join([*TRAIN, "--distributed"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workload=Bad_Name", "--cluster=c"], "--workload: 'Bad_Name' must be"),
+    (["--workload=w"], "--cluster: give the GKE cluster"),
+    (["--workload=w", "--cluster=c", "--tpu_type=v9-8"], "--tpu_type: 'v9-8' is not one of"),
+    (["--workload=w", "--cluster=c", "--num_slices=0"], "--num_slices: must be at least 1"),
+])
+def test_xpk_refuses_what_cannot_work(args, message):
+    result = launch("xpk.py", *args, "--dry_run", "--", *TRAIN, check=False)
+    assert result.returncode == 2 and result.stderr.startswith("xpk: error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1
+    local = launch("xpk.py", "--workload=w", "--cluster=c", "--", "gptjax", "train", "--workdir=runs/x", check=False)
+    assert local.returncode == 2 and "a pod run needs a gs:// workdir" in local.stderr
+
+
+def test_xpk_runs_the_printed_commands_and_waits_for_the_status(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "launch"))
+    import xpk
+
+    env = fake_bin(tmp_path, "xpk", 'sys.exit(4 if "--wait-for-job-completion=w1" in sys.argv else 0)')
+    monkeypatch.setenv("PATH", env["PATH"])
+    dry = commands(launch("xpk.py", "--workload=w1", *XPK, "--wait", "--dry_run", "--", *TRAIN, env=env).stdout)
+    assert not (tmp_path / "calls.jsonl").exists()
+    status = xpk.main(["--workload=w1", *XPK, "--wait", "--", *TRAIN])
+    assert status == 4  # the workload's status, from xpk's wait
+    assert [["xpk", *c] for c in calls(tmp_path)] == dry  # exactly the printed commands, in order
+    assert [c[1] for c in calls(tmp_path)] == ["create", "list"]
+
+
+def test_a_sweep_submits_one_xpk_workload_per_entry():
+    cfg = "experiments/sweeps/gpt1_vs_gpt2_ablation.py"
+    out = launch("sweep.py", f"--config={cfg}", "--workdir=gs://bucket/abl", "--launcher=xpk", "--cluster=c",
+                 "--workload=abl", "--tpu_type=v5e-16", "--zone=z", "--dry_run").stdout
+    creates = [c for c in commands(out) if c[:3] == ["xpk", "workload", "create"]]
+    assert [flag(c, "workload") for c in creates] == [f"abl-{i}" for i in range(len(creates))] and len(creates) > 2
+    assert all(flag(c, "tpu-type") == "v5litepod-16" and flag(c, "zone") == "z" for c in creates)
+    assert "--workdir=gs://bucket/abl/base" in flag(creates[0], "command")
+    local = launch("sweep.py", f"--config={cfg}", "--workdir=runs/abl", "--launcher=xpk", "--cluster=c",
+                   "--workload=abl", check=False)
+    assert local.returncode == 2 and "the xpk launcher needs a gs:// workdir" in local.stderr

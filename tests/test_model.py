@@ -222,3 +222,48 @@ def test_auto_embedding_is_onehot_when_the_table_is_split(capsys, monkeypatch):
             np.testing.assert_allclose(fn(params, ids), GPT(cfg).apply({"params": params}, ids), rtol=1e-5, atol=1e-6)
     assert "dot_general" in lowered["auto"] and lowered["auto"].count("gather") < lowered["gather"].count("gather")
     assert "model.embed_impl=auto -> onehot" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mesh_shape", [None, pytest.param((2, 2, 2), marks=pytest.mark.slow)])
+@pytest.mark.parametrize("tied", [True, False])
+def test_chunked_loss_equals_the_whole_logits_loss(mesh_shape, tied):
+    from gptjax import configs, sharding
+    from gptjax.objectives import LanguageModeling
+
+    cfg = dataclasses.replace(TINY, vocab_size=64, tie_embeddings=tied, dropout=0.1)
+    params = init(cfg)
+    ids = tokens(B=8, T=13, V=64)
+    batch = {"inputs": ids[:, :12], "targets": ids[:, 1:],
+             "weights": (jax.random.uniform(jax.random.key(5), (8, 12)) > 0.3).astype(jnp.float32)}
+    task = LanguageModeling(12)
+
+    def loss_and_grads(chunks):
+        model = GPT(dataclasses.replace(cfg, loss_chunks=chunks))
+        fn = jax.jit(jax.value_and_grad(lambda p: task.loss(model, p, batch, jax.random.key(1))[0]))
+        if mesh_shape is None:
+            return fn(params), jax.jit(lambda p: task.evaluate(model, p, batch))(params)
+        rules = sharding.hashable_rules(configs.get_config().mesh.logical_axis_rules)
+        with jax.set_mesh(sharding.make_mesh(mesh_shape, jax.devices()[:8])), nn.logical_axis_rules(rules):
+            return fn(params), jax.jit(lambda p: task.evaluate(model, p, batch))(params)
+
+    (loss_1, grads_1), eval_1 = loss_and_grads(1)
+    for chunks in (3, 4):
+        (loss_c, grads_c), eval_c = loss_and_grads(chunks)
+        np.testing.assert_allclose(loss_c, loss_1, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_c, grads_1)
+        np.testing.assert_allclose(eval_c["val_loss"], eval_1["val_loss"], rtol=1e-6)
+
+
+def test_the_chunked_loss_never_makes_the_whole_logits():
+    from gptjax.objectives import LanguageModeling
+
+    cfg = dataclasses.replace(TINY, vocab_size=8000, max_len=64)
+    params, ids = init(cfg), tokens(B=4, T=65, V=8000)
+    batch = {"inputs": ids[:, :64], "targets": ids[:, 1:]}
+    temp = {}
+    for chunks in (1, 8):
+        model = GPT(dataclasses.replace(cfg, loss_chunks=chunks))
+        grad = jax.jit(jax.grad(lambda p: LanguageModeling(64).loss(model, p, batch, None)[0]))
+        temp[chunks] = grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+    whole = 4 * 64 * 8000 * 4  # bytes of the float32 logits
+    assert temp[1] - temp[8] >= whole, (temp, whole)  # the logits (and their gradient) are gone, less one piece

@@ -42,6 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
     t.grad_accum_steps = 1  # micro-batches per step (the batch is split into this many)
     t.log_every_steps = 50
     t.init_from = ""  # a workdir or checkpoint step dir whose params start this run (fine-tuning)
+    # A jax.profiler trace of steps START..END-1 into <workdir>/plugins/profile (TensorBoard's profile plugin,
+    # xprof); (0, 0): none. By process 0, or by every process of a multi-host run with profile_all_processes.
+    t.profile_steps = (0, 0)
+    t.profile_all_processes = False
 
     c.optim = o = ml_collections.ConfigDict()
     o.lr = 1e-3
@@ -150,6 +154,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for key in ("param_dtype", "dtype"):
         need(m[key] in ("float32", "bfloat16", "float16", "float64"), f"model.{key}",
              f"{m[key]!r} is not a float dtype name")
+    chunks = m.get("loss_chunks", 1)
+    need(isinstance(chunks, int) and chunks >= 1 and d.seq_len % chunks == 0, "model.loss_chunks",
+         f"{chunks} pieces do not split data.seq_len={d.seq_len}")
     need(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     need(d.seq_len > 0, "data.seq_len", f"must be positive, got {d.seq_len}")
     need(d.seq_len <= m.max_len, "data.seq_len",
@@ -165,6 +172,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(t.batch_size > 0, "train.batch_size", f"must be positive, got {t.batch_size}")
     need(t.grad_accum_steps > 0 and t.batch_size % t.grad_accum_steps == 0, "train.grad_accum_steps",
          f"{t.grad_accum_steps} micro-batches do not divide train.batch_size={t.batch_size}")
+    prof = tuple(t.get("profile_steps", (0, 0)))
+    need(len(prof) == 2 and all(isinstance(x, int) for x in prof) and (prof == (0, 0) or 0 <= prof[0] < prof[1]),
+         "train.profile_steps", f"needs (START, END) with 0 <= START < END (steps START..END-1), got {prof}")
     need(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
     need(o.lr > 0 and 0 <= o.min_lr <= o.lr, "optim.min_lr", f"needs 0 <= min_lr <= lr, got {o.min_lr} and {o.lr}")
     need(o.schedule in SCHEDULES, "optim.schedule", f"{o.schedule!r} is not one of {', '.join(SCHEDULES)}")

@@ -48,6 +48,9 @@ class ModelConfig:
     norm_impl: str = "auto"  # auto | reference | cpu_fused
     loss_impl: str = "auto"  # auto | reference | cpu_fused
     embed_impl: str = "auto"  # auto | gather | onehot (EMBED_IMPLS)
+    # The loss in this many pieces of the sequence, each piece's logits made, reduced and remade in the backward pass,
+    # so the whole float32 logits of a step never exist (MaxText's num_vocab_tiling); 1: whole logits.
+    loss_chunks: int = 1
 
     @classmethod
     def from_config(cls, cfg, vocab_size: int | None = None) -> "ModelConfig":

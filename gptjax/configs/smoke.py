@@ -53,6 +53,8 @@ def shrink(c, plan: bool = False):
     if "max_examples" in e:  # fine-tuning, reward and DPO validation: a few examples, not the whole split
         e.max_examples = min(e.max_examples or 4 * EVAL_EXAMPLES, 4 * EVAL_EXAMPLES)
     e.tasks_every_steps = min(e.tasks_every_steps, t.steps)
+    if tuple(t.get("profile_steps", (0, 0))) != (0, 0):  # a profile of the smoke run's last step
+        t.profile_steps = (t.steps - 1, t.steps)
     k.every_steps = min(k.every_steps, t.steps)
     heads = min(m.num_heads, HEADS)
     head_dim = min(m.d_model // m.num_heads, HEAD_DIM)
