@@ -14,3 +14,13 @@ if not _glob.glob("/dev/accel*") and not _os.path.exists("/dev/vfio"):
     for _key, _value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
                          ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
         _os.environ.setdefault(_key, _value)
+
+# XLA:CPU aborts the whole process ("Termination timeout ... exceeded") when the threads of a collective across
+# several CPU devices (a mesh of virtual devices, the README's sharded run) do not all arrive within 40 s, which a
+# busy machine can cause. gptjax waits longer instead, unless XLA_FLAGS says otherwise; other platforms ignore it.
+_flags = _os.environ.get("XLA_FLAGS", "")
+for _flag in ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=300",
+              "--xla_cpu_collective_call_terminate_timeout_seconds=1800"):
+    if _flag.split("=")[0] not in _flags:
+        _flags = f"{_flags} {_flag}".strip()
+_os.environ["XLA_FLAGS"] = _flags

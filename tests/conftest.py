@@ -5,6 +5,7 @@ import os
 os.environ["XLA_FLAGS"] = " ".join(
     f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f
 ) + " --xla_force_host_platform_device_count=8"
+# gptjax/__init__.py lengthens XLA:CPU's collective timeout in every process that imports gptjax.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The tests run on the CPU. With libtpu installed (the test extra has it, for `gptjax plan`), jax would otherwise
 # probe for a TPU in this process and in every subprocess, and libtpu's warnings would fill their stderr.
