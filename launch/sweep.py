@@ -342,7 +342,7 @@ def run_xpk(commands: dict[str, list[str]], args, dry_run: bool, runner=subproce
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ours, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ours, extra = tpu_pod.split_argv(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment file defining get_config and get_sweep")
     parser.add_argument("--workdir", required=True, help="the sweep's folder: one run per entry, and the results")

@@ -224,9 +224,14 @@ def pod_from_flags(args, tpu: str, logs: str = "logs") -> Pod:
                logs=logs)
 
 
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the launcher's own flags, the gptjax command after `--`); the other launchers split theirs the same way."""
+    return (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ours, command = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ours, command = split_argv(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tpu", required=True, help="name of the TPU slice (and of its queued resource)")
     add_flags(parser)

@@ -138,7 +138,7 @@ def workload_from_flags(args, workload: str) -> Workload:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ours, command = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ours, command = tpu_pod.split_argv(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", required=True, help="the workload's name (lowercase, digits, hyphens)")
     add_flags(parser)
