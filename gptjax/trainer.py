@@ -237,8 +237,7 @@ def start(config, workdir: str, check: Callable[[jax.sharding.Mesh], None] | Non
     `check(mesh)`, which can say it in the kind's terms). Returns the mesh."""
     files.check_url(workdir)
     workdirs.check_writable(workdir)
-    if files.path(workdir).exists():  # a run there already (perhaps live); a new workdir is locked by `fit`
-        workdirs.lock(workdir)
+    workdirs.lock(workdir, only_if_exists=True)  # a run there already (perhaps live); a new one is locked by `fit`
     kernels.check_platform(config.model.attention_impl)
     mesh = sharding.make_mesh(config.mesh.shape)
     if check is not None:

@@ -62,7 +62,7 @@ def check_writable(workdir: str, key: str = "--workdir") -> None:
                 pass
 
 
-def lock(workdir: str) -> None:
+def lock(workdir: str, only_if_exists: bool = False) -> None:
     """Takes the workdir's lock for this process, so that a second `gptjax train` on the same workdir (the same
     command started twice) refuses in one line naming the holder instead of writing checkpoints between the first
     one's. An exclusive flock on `<workdir>/.gptjax.lock`, which the kernel releases when the holder dies however
@@ -70,10 +70,13 @@ def lock(workdir: str) -> None:
     processes share the workdir) and again by nobody in this process (it is reentrant). A gs:// workdir has no
     lock: an object store has no lock that outlives a killed holder without a lease, and none is kept there (two
     runs on one bucket workdir are not stopped). A filesystem without flock (some network filesystems) has none
-    either."""
+    either. With `only_if_exists`, a workdir not there yet is left uncreated and unlocked (a run about to check its
+    config takes the lock later). Only process 0 looks at the workdir, and every process joins the broadcast of
+    its finding: processes that each asked the filesystem could disagree (process 0 may create the workdir while
+    another asks) and then wait in different collectives for ever."""
     p = files.path(workdir)
     busy = None
-    if jax.process_index() == 0 and files.is_local(p):
+    if jax.process_index() == 0 and files.is_local(p) and (not only_if_exists or p.exists()):
         key = os.path.realpath(os.fspath(p))
         if key not in _LOCKS:
             busy = _take_lock(workdir, key)

@@ -415,6 +415,28 @@ def test_only_process_0_locks_and_a_bucket_is_not_locked(tmp_path, monkeypatch):
     assert not workdirs._LOCKS or all(not k.startswith("gs:") for k in workdirs._LOCKS)
 
 
+def test_every_process_joins_the_lock_broadcast_whatever_it_sees_on_disk(tmp_path, monkeypatch):
+    """Process 0 may create the workdir (its token cache) while another process is still starting: had each process
+    asked the filesystem whether to take part in the lock's broadcast, they could wait in different collectives for
+    ever (a 2-process run hung so in CI). Only process 0 looks; every process broadcasts, there or not."""
+    from jax.experimental import multihost_utils
+
+    calls = []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x: calls.append(bool(x)) or x)
+    for index in (0, 1):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        for there in (False, True):
+            workdir = tmp_path / f"p{index}-{there}"
+            if there:
+                workdir.mkdir()
+            workdirs.lock(str(workdir), only_if_exists=True)
+            assert workdir.exists() == there  # not created before the run's checks
+            assert (workdir / workdirs.LOCK_FILE).exists() == (there and index == 0)
+            workdirs.unlock(str(workdir))
+    assert calls == [True] * 4
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 
 

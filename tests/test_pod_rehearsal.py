@@ -216,7 +216,7 @@ def test_slurm_job_script_trains_with_local_processes(tmp_path, corpus_file):
                    JAX_COORDINATOR_PORT=str(free_port()))
     t0 = time.time()
     result = subprocess.run(["bash", "-c", script], cwd=job.chdir, env=env, capture_output=True, text=True,
-                            timeout=600)
+                            timeout=300)
     print(f"slurm rehearsal: {time.time() - t0:.0f} s")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 1}" in result.stdout + result.stderr
