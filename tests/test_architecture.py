@@ -11,7 +11,7 @@ PKG = ROOT / "gptjax"
 
 # Lowest first. A module may import from its own layer or any lower one, never from a higher one.
 LAYERS = [
-    ("foundation", ["errors", "files", "configs", "datasets"]),
+    ("foundation", ["errors", "files", "configs", "datasets", "sweep_stats"]),
     ("libraries", ["kernels", "model", "sharding", "tokenizer", "data", "optimizer", "metrics", "checkpoint",
                    "objectives", "decoding", "sampling", "beam_search", "convert", "finetune", "rl.losses",
                    "rl.models", "rl.objectives", "rl.data"]),
