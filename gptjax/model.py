@@ -292,6 +292,8 @@ class GPT(nn.Module):
 
         wte = _param(self, "wte", nn.initializers.normal(c.init_std), (c.vocab_size, c.d_model), ("vocab", "embed"), c)
         x_BxTxD = lookup(wte, tokens_BxT, ("vocab", "embed"), c.embed_impl, dtype)
+        if c.embed_scale:  # the Transformer's sqrt(d_model); the tied head still reads the unscaled table
+            x_BxTxD = x_BxTxD * jnp.asarray(math.sqrt(c.d_model), dtype)
         if c.pos_embedding == "learned":
             wpe = _param(self, "wpe", nn.initializers.normal(c.init_std / 2), (c.max_len, c.d_model), (None, "embed"), c)
             x_BxTxD = x_BxTxD + lookup(wpe, positions_BxT, (None, "embed"), c.embed_impl, dtype)

@@ -267,3 +267,32 @@ def test_the_chunked_loss_never_makes_the_whole_logits():
         temp[chunks] = grad.lower(params).compile().memory_analysis().temp_size_in_bytes
     whole = 4 * 64 * 8000 * 4  # bytes of the float32 logits
     assert temp[1] - temp[8] >= whole, (temp, whole)  # the logits (and their gradient) are gone, less one piece
+
+
+@pytest.mark.parametrize("pos_embedding", ["sinusoidal", "learned"])
+def test_embed_scale_multiplies_token_embeddings_by_sqrt_d_model(pos_embedding):
+    """model.embed_scale (the original Transformer's): the residual stream starts at wte[x] * sqrt(d_model) + the
+    positions; off (the default, every GPT) it is wte[x] + the positions, as before the knob; the tied head still
+    reads the unscaled table, and HF GPT-2, which cannot scale, refuses it."""
+    from gptjax.convert.hf import save_hf_gpt2
+    from gptjax.errors import CheckpointError
+    from gptjax.model import sinusoidal_table
+
+    assert ModelConfig(vocab_size=8).embed_scale is False
+    cfg = dataclasses.replace(TINY, pos_embedding=pos_embedding)
+    params, x = init(cfg), tokens()
+    T = x.shape[1]
+    positions = params["wpe"][:T] if pos_embedding == "learned" else sinusoidal_table(cfg.max_len, cfg.d_model)[:T]
+
+    def stream_start(c):
+        logits, state = GPT(c).apply({"params": params}, x, mutable=["residuals"])
+        return logits, state["residuals"]["embeddings"][0]
+
+    logits_off, off = stream_start(cfg)
+    logits_on, on = stream_start(dataclasses.replace(cfg, embed_scale=True))
+    np.testing.assert_allclose(off, params["wte"][x] + positions, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(on, params["wte"][x] * np.sqrt(32) + positions, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(logits_off, GPT(cfg).apply({"params": params}, x), rtol=1e-6)  # sow changes nothing
+    assert not np.allclose(logits_on, logits_off, atol=1e-3)
+    with pytest.raises(CheckpointError, match="model.embed_scale=True cannot be represented by HF GPT-2"):
+        save_hf_gpt2(params, dataclasses.replace(TINY, embed_scale=True), "/nonexistent")

@@ -35,6 +35,9 @@ class ModelConfig:
     activation: str = "gelu"  # MLP nonlinearity: gelu (tanh approximation, GPT-1/2/3) | relu (the Transformer's)
     scale_residual_init: bool = True  # GPT-2: residual output projections start at init_std / sqrt(2 * layers)
     tie_embeddings: bool = True  # the LM head is the token embedding (all GPTs)
+    # Token embeddings times sqrt(d_model) before positions are added, as the original Transformer did with its
+    # sinusoids (values up to 1, which would drown embeddings drawn at init_std); GPTs do not scale.
+    embed_scale: bool = False
     use_bias: bool = True
     dropout: float = 0.0  # on embeddings, attention weights and residual branches (GPT-1/2 used 0.1)
     layer_norm_eps: float = 1e-5

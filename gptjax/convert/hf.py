@@ -228,7 +228,8 @@ def save_hf_gpt2(params: dict, model_cfg: ModelConfig, out_dir: str, extra_confi
     """
     c = model_cfg
     for ok, field in ((c.norm == "pre", "norm"), (c.pos_embedding == "learned", "pos_embedding"),
-                      (c.tie_embeddings, "tie_embeddings"), (c.use_bias, "use_bias")):
+                      (c.tie_embeddings, "tie_embeddings"), (c.use_bias, "use_bias"),
+                      (not c.embed_scale, "embed_scale")):
         if not ok:
             raise CheckpointError(f"model.{field}={getattr(c, field)!r} cannot be represented by HF GPT-2")
     params = nn.unbox(params)
