@@ -4,6 +4,7 @@ wall time (import, lowering and libtpu's compile) and the process's peak host me
   python benchmarks/plan_table.py                         # the presets table, then the remat table
   python benchmarks/plan_table.py --rows=175b,175b_noscan --out=plans.json
   python benchmarks/plan_table.py --list
+  python benchmarks/plan_table.py --validate              # the step-time estimate against published runs
 
 Each row is a command a user can type (printed above the table). Compile time depends on the machine's load: run
 it with nothing else on the cores. Needs libtpu (`pip install -e ".[tpu]"`).
@@ -58,6 +59,41 @@ for _p in REMATS:
                                              f"--config.model.remat={_p}"])
 DEFAULT_ROWS = ["124m_v4", "124m_v5e", "xl", "6.7b", "175b_oom", "175b", "175b_noscan", "175b_maxtext",
                 "175b_maxtext_accum3", "175b_v5e8", *(f"remat_{p}" for p in REMATS)]
+
+# Published runs, each rebuilt as a gptjax config of the same shape: (label, `gptjax plan` args, published TFLOP/s per
+# chip or None, published seconds per step or None, source). MaxText's models (configs/tpu/v4 and v5p in
+# AI-Hypercomputer/maxtext) have a gated MLP (3 matrices of mlp_dim) and 128-wide heads; the gptjax row keeps
+# d_model, layers, vocabulary (32,000, untied), batch, mesh and remat policy, takes d_model / 128 heads, and a d_ff
+# that gives each layer MaxText's matmul parameter count (attention then differs by under 5% of the FLOPs). The
+# published step time is gptjax's model FLOPs per step over the published TFLOP/s per chip times the chips.
+def _maxtext(d, layers, mlp, heads, batch, mesh, topology, remat, chunks=1, accum=1):
+    d_ff = (4 * d * heads * 128 + 3 * d * mlp - 4 * d * d) // (2 * d)  # MaxText's per-layer matmul params
+    return [f"--config={GPT3}:size=gpt3-13b", f"--topology={topology}", f"--config.model.d_model={d}",
+            f"--config.model.num_heads={d // 128}", f"--config.model.num_layers={layers}", f"--config.model.d_ff={d_ff}",
+            "--config.model.vocab_size=32000", "--config.model.tie_embeddings=False", f"--config.model.remat={remat}",
+            f"--config.model.loss_chunks={chunks}", f"--config.train.batch_size={batch}", f"--config.mesh.shape={mesh}",
+            *([f"--config.train.grad_accum_steps={accum}"] if accum > 1 else [])]
+
+
+MAXTEXT = "AI-Hypercomputer/maxtext src/maxtext/configs/tpu/{}"
+PUBLISHED = {
+    "pub_175b_v6e": ("GPT-3 175B, v6e-256, batch 768, FSDP 256, remat full", ROWS["175b_maxtext"][1], None, 17.18,
+                     "tpu-recipes training/trillium/GPT3-175B-MaxText/bf16 (MaxText, 17.18 s/step)"),
+    "pub_22b_v4": ("MaxText 22B, v4-128, batch 832, FSDP 64, remat full",
+                   _maxtext(6144, 48, 24576, 24, 13 * 64, "(1,64,1)", "v4-128", "full", 8), 156e12, None,
+                   MAXTEXT.format("v4/22b.sh, README: 156 TFLOP/s/chip")),
+    "pub_52b_v4": ("MaxText 52B, v4-384, batch 1344, FSDP 192, remat full",
+                   _maxtext(12288, 32, 49152, 32, 7 * 192, "(1,192,1)", "v4:4x4x12", "full", 8), 154e12, None,
+                   MAXTEXT.format("v4/52b.sh, README: 154 TFLOP/s/chip")),
+    # gptjax needs 113.6 GiB of temporaries per chip at this shape in one batch (MaxText's fits in 95): the rebuild
+    # runs its batch in 2 micro-batches, which gathers the weights twice
+    "pub_32b_v5p": ("MaxText 32B, v5p-128, batch 384, FSDP 16 x tensor 4, remat minimal (gptjax: 2 micro-batches)",
+                    _maxtext(8192, 32, 28672, 64, 6 * 64, "(1,16,4)", "v5p-128", "minimal", accum=2), 328e12, None,
+                    MAXTEXT.format("v5p/32b.sh, README: 328 TFLOP/s/chip")),
+    "pub_64b_v5p": ("MaxText 64B, v5p-128, batch 192, FSDP 16 x tensor 4, remat minimal (gptjax: 2 micro-batches)",
+                    _maxtext(8192, 64, 28672, 64, 3 * 64, "(1,16,4)", "v5p-128", "minimal", accum=2), 323e12, None,
+                    MAXTEXT.format("v5p/64b.sh, README: 323 TFLOP/s/chip")),
+}
 SMOKE_ROW = "124m_v5e"  # the cheapest plan (4 chips, batch 16)
 
 GiB = 1024**3
@@ -101,6 +137,31 @@ def mesh_text(r):
     return ", ".join(str(v) for v in r["mesh"].values()) if "mesh" in r else ""
 
 
+def _range(pair, fmt=".3g") -> str:
+    lo, hi = pair
+    return f"{lo:{fmt}}" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}}-{hi:{fmt}}"
+
+
+def validation_row(label: str, r: dict, tflops, seconds, source: str) -> str:
+    """Published seconds per step (given, or the model FLOPs per step at the published TFLOP/s per chip) beside
+    the estimate's range and its point estimate, the geometric mean of the range's ends (overlap half the time, in
+    log terms). The error is the published time's distance from the point estimate."""
+    if "step_seconds_range" not in r:
+        return f"| {label} | {source} | | {r.get('error', r.get('compile', ''))} | | |"
+    published = seconds or r["model_flops_per_step"] / (tflops * r["num_chips"])
+    lo, hi = r["step_seconds_range"]
+    point = (lo * hi) ** 0.5
+    error = point / published - 1
+    terms = ", ".join(f"{k} {v:.3g}" for k, v in r["step_seconds_terms"].items())
+    inside = "inside" if lo <= published <= hi else "outside"
+    return (f"| {label} | {source} | {published:.3g} s | {lo:.3g}-{hi:.3g} s ({r['step_bound']}; {terms}), "
+            f"{inside} | {point:.3g} s | {100 * error:+.0f}% | {'yes' if abs(error) <= 0.25 else 'no'} |")
+
+
+VALIDATION_HEADER = ("| published run (gptjax's rebuild) | source | published s/step | gptjax range (bound; terms, s), "
+                     "published inside? | point estimate | its error | within 25% |\n|---|---|---:|---|---:|---:|---|")
+
+
 def table_row(label: str, r: dict) -> str:
     b = r.get("per_chip_bytes", {})
     hbm = r.get("hbm_bytes_per_chip") or 0
@@ -115,8 +176,8 @@ def table_row(label: str, r: dict) -> str:
     else:
         total = r.get("error", "")
     fits = {True: "yes", False: "no", None: ""}[r.get("fits")]
-    step = f"{r['step_seconds_estimate']:.3g} s" if r.get("fits") else ""
-    mfu = f"{100 * r['mfu_estimate']:.0f}%" if r.get("fits") else ""
+    step = f"{_range(r['step_seconds_range'])} s ({r['step_bound']})" if r.get("fits") else ""
+    mfu = f"{_range([100 * m for m in r['mfu_range']], '.0f')}%" if r.get("fits") else ""
     topo = f"{r['topology']} ({r['num_chips']})" if "topology" in r else ""
     rss = f"{r['peak_rss_bytes'] / GiB:.1f} GiB" if "peak_rss_bytes" in r else ""
     return (f"| {label} | {topo} | {mesh_text(r)} | {state} | {total} | {fits} | {step} | {mfu} | "
@@ -133,10 +194,28 @@ def main():
     p.add_argument("--timeout", type=float, default=600, help="seconds per row (the issue's 10-minute bound)")
     p.add_argument("--out", default="", help="also write every report here as JSON")
     p.add_argument("--list", action="store_true")
+    p.add_argument("--validate", action="store_true", help="the published runs' table instead (docs/plan.md)")
     a = p.parse_args()
     if a.list:
-        for name, (label, args) in ROWS.items():
+        for name, (label, args, *_) in {**ROWS, **PUBLISHED}.items():
             print(f"{name:16s} {label}\n{'':16s} gptjax plan {shlex.join(args)}")
+        return
+    results = {}
+    if a.validate:
+        lines = [VALIDATION_HEADER]
+        names = [n.strip() for n in (a.rows or ",".join(PUBLISHED)).split(",") if n.strip()]
+        if common.smoke_run("one published run's row, its `gptjax plan` shrinking the model (GPTJAX_SMOKE)"):
+            names = names[:1]
+        for name in names:
+            label, args, tflops, seconds, source = PUBLISHED[name]
+            print(f"gptjax plan {shlex.join(args)}", flush=True)
+            results[name] = run_row(args, a.timeout)
+            lines.append(validation_row(label, results[name], tflops, seconds, source))
+            print(lines[-1], flush=True)
+            if a.out:
+                with open(a.out, "w") as f:
+                    json.dump(results, f, indent=1)
+        print("\n" + "\n".join(lines))
         return
     names = [n.strip() for n in (a.rows or ",".join(DEFAULT_ROWS)).split(",") if n.strip()]
     if common.smoke_run("one row, planning gptjax's smoke model (`gptjax plan` inherits GPTJAX_SMOKE)"):
@@ -144,7 +223,6 @@ def main():
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         sys.exit(f"plan_table: unknown rows {unknown}; --list shows them")
-    results = {}
     lines = [HEADER]
     for name in names:
         label, args = ROWS[name]

@@ -4,9 +4,11 @@ It builds the mesh of the target (a TPU topology through libtpu's ahead-of-time 
 `train_compile.py` does, or N virtual CPU devices), lowers and compiles the Trainer's jitted step with abstract
 state and batch (`ShapeDtypeStruct`s carrying their shardings: nothing is allocated, nothing runs), and reports per
 chip: parameter, optimizer-state and gradient bytes (from the shardings), the compiler's temporaries (activations
-and gradients), whether that fits the chip's HBM, the model FLOPs per step, and the step time and MFU they imply
-at the chip's stated peak. Step time and MFU are estimates: compute-bound at peak, with no communication or
-memory stalls.
+and gradients), whether that fits the chip's HBM, the model FLOPs per step, and the step time they imply. On a
+TPU target the step time is a range read from the compiled program (gptjax/plan_cost.py): the bytes each chip
+sends in collectives and moves to and from HBM, against the chip's bandwidths, beside the FLOPs at its peak; the
+step takes at least the longest of those times and at most their sum, and the longest names the bound. On a CPU
+target it is the compute term alone (no bandwidths are known for it).
 
 TPU targets need libtpu (`pip install -e ".[tpu]"`, i.e. `jax[tpu]` at jax's version); without it a TPU target is
 a one-line error and `--topology=cpu:N` still plans on N virtual CPU devices.
@@ -28,7 +30,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gptjax import kernels, metrics, sharding  # noqa: E402
+from gptjax import kernels, metrics, plan_cost, sharding  # noqa: E402
 from gptjax.errors import ConfigError, GptjaxError  # noqa: E402
 from gptjax.model import ModelConfig  # noqa: E402
 
@@ -77,7 +79,8 @@ class Target:
 def _chip_grid(chips: int, dims: int) -> tuple[int, ...]:
     """The chip grid of an accelerator type with `chips` chips: v5e-16 is 4x4, v4-128 (64 chips) is 4x4x4."""
     if chips < 1 or chips & (chips - 1):
-        raise ConfigError(f"--topology: {chips} chips is not a power of two")
+        raise ConfigError(f"--topology: {chips} chips is not a power of two; give the chip grid instead "
+                          f"({'v4:4x4x12' if dims == 3 else 'v5e:4x8'} and the like)")
     grid = [2, 2, 1] if dims == 3 and chips >= 4 else [1] * dims
     while math.prod(grid) < chips:  # double the smallest side, the last of equals first: 2x2x4, 2x4x4, 4x4x4
         i = max(j for j in range(dims) if grid[j] == min(grid))
@@ -308,6 +311,9 @@ def build_plan(config, topology: str, num_slices: int = 1, compile_: bool = True
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         report["compiler_flops_per_chip"] = float((cost or {}).get("flops", float("nan")))
+        moved = plan_cost.traffic(compiled.as_text(), target.num_chips)
+        report["collective_bytes_per_chip"] = moved["collective_bytes"]
+        report["hbm_traffic_bytes_per_chip"] = moved["hbm_bytes"]
         report["compile"] = "ok"
     else:
         per_chip["total"] = state_bytes
@@ -316,9 +322,16 @@ def build_plan(config, topology: str, num_slices: int = 1, compile_: bool = True
     else:
         report["fits"] = (compiled is not None) and (hbm is None or per_chip["total"] <= hbm)
     if peak:
-        step = hw_flops / (target.num_chips * peak)
-        report["step_seconds_estimate"] = step
+        bandwidth = plan_cost.BANDWIDTHS.get(device.device_kind) if "hbm_traffic_bytes_per_chip" in report else None
+        moved = {"collective_bytes": report.get("collective_bytes_per_chip"),
+                 "hbm_bytes": report.get("hbm_traffic_bytes_per_chip")}
+        est = plan_cost.estimate(hw_flops / target.num_chips, peak, moved, bandwidth)
+        report["step_seconds_terms"], report["step_bound"] = est["terms_seconds"], est["bound"]
+        report["step_seconds_range"] = [est["low_seconds"], est["high_seconds"]]
+        step = est["low_seconds"]
+        report["step_seconds_estimate"] = step  # the range's low end: everything overlapped
         report["mfu_estimate"] = model_flops / (step * target.num_chips * peak)
+        report["mfu_range"] = [model_flops / (est["high_seconds"] * target.num_chips * peak), report["mfu_estimate"]]
         report["tokens_per_second_estimate"] = tokens / step
     if report["fits"] is False:
         report["suggestions"] = _suggestions(config, mesh, state_bytes, hbm or 0)
@@ -359,10 +372,21 @@ def format_report(r: dict, config_name: str = "") -> str:
         lines.append(f"  fits in HBM: NO ({r.get('compile', '')})")
     lines.append(f"  model FLOPs per step: {r['model_flops_per_step']:.3e} (6 x matmul params + attention, per token)"
                  f"; with remat recompute {r['flops_per_step_with_recompute_estimate']:.3e} (estimate)")
-    if "step_seconds_estimate" in r:
+    if "step_seconds_estimate" in r and len(r.get("step_seconds_terms", {})) > 1:
+        lo, hi = r["step_seconds_range"]
+        terms = ", ".join(f"{k} {v:.3g} s" for k, v in r["step_seconds_terms"].items())
+        moved = r["collective_bytes_per_chip"]
+        lines.append(f"  estimated step time {lo:.3g}-{hi:.3g} s, bound by {r['step_bound']} ({terms}; at least the "
+                     f"longest, at most their sum), MFU {100 * r['mfu_range'][0]:.0f}-{100 * r['mfu_range'][1]:.0f}%")
+        lines.append(f"  moved per chip per step: collectives {sum(moved.values()) / GiB:,.1f} GiB ("
+                     + ", ".join(f"{k} {v / GiB:,.1f}" for k, v in moved.items() if v) + f"), HBM "
+                     f"{r['hbm_traffic_bytes_per_chip'] / GiB:,.0f} GiB; at the peak {r['peak_flops_per_chip'] / 1e12:.3g} "
+                     "TFLOP/s and the bandwidths of gptjax/plan_cost.py")
+    elif "step_seconds_estimate" in r:
         lines.append(f"  estimated step time {r['step_seconds_estimate']:.3f} s, MFU {100 * r['mfu_estimate']:.0f}%, "
-                     f"{r['tokens_per_second_estimate']:,.0f} tokens/s (estimates: compute-bound at the stated peak "
-                     f"{r['peak_flops_per_chip'] / 1e12:.3g} TFLOP/s per chip, no communication or memory stalls)")
+                     f"{r['tokens_per_second_estimate']:,.0f} tokens/s (compute alone at the stated peak "
+                     f"{r['peak_flops_per_chip'] / 1e12:.3g} TFLOP/s per chip: no bandwidths are known for "
+                     f"{r['device_kind']})")
     if "compiler_flops_per_chip" in r:
         lines.append(f"  compiler's own FLOPs per chip: {r['compiler_flops_per_chip']:.3e} (cost_analysis; it does "
                      "not count inside custom kernels)")

@@ -121,6 +121,17 @@ def test_gpt2_124m_params_per_chip_follow_fsdp(capsys, topology):
     assert r["params"] == pytest.approx(124.4e6, rel=0.01) and r["fits"] and r["compile"] == "ok"
     assert r["per_chip_bytes"]["params"] == pytest.approx(r["params"] * 4 / chips, rel=0.1)
     assert r["attention_impl"] == ("splash" if chips == 4 else "cpu_fused")
+    if chips == 4:  # the TPU program's traffic (gptjax/plan_cost.py) against what FSDP over 4 chips must move
+        moved = r["collective_bytes_per_chip"]
+        one_pass = r["params"] * 2 * 3 / 4  # every bf16 weight gathered once: 3/4 of it arrives from the others
+        # forward, recompute (remat full) and backward, some of it in f32 (the tied embedding): not 1/12 of that
+        # (the scanned layers' loop counted once), nor the embedding gathered again in each of the 12 iterations
+        assert 2 * one_pass <= moved["all-gather"] <= 6 * one_pass
+        grads = r["params"] * 4 * 3 / 4  # the fp32 gradients reduce-scattered over a ring of 4 (some go in bf16)
+        reduced = moved["reduce-scatter"] + moved["all-reduce"] + moved["collective-permute"]
+        assert grads / 2 <= reduced <= 3 * grads
+        lo, hi = r["step_seconds_range"]
+        assert r["step_seconds_terms"][r["step_bound"]] == lo < hi == pytest.approx(sum(r["step_seconds_terms"].values()))
 
 
 @pytest.mark.slow
