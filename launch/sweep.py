@@ -515,8 +515,8 @@ def _pm(s) -> str:
     """mean +- sd (sd left out for one value)."""
     if s is None:
         return "-"
-    digits = 3 if abs(s.mean) <= 1 else 4
-    return f"{s.mean:.{digits}f}" + (f" ± {s.sd:.{digits}f}" if s.sd is not None else "")
+    spec = ".3f" if abs(s.mean) <= 1 else ".4f" if abs(s.mean) < 1e4 else ".3g"  # accuracies, losses, perplexities
+    return f"{s.mean:{spec}}" + (f" ± {s.sd:{spec}}" if s.sd is not None else "")
 
 
 def _diff(d) -> str:

@@ -196,8 +196,13 @@ def test_ablation_has_one_arm_per_gpt2_change():
              "model.pos_embedding", "model.tie_embeddings"}
     assert entries[0] == {} and set(ablation.GPT2) == knobs == set(ablation.ALTERNATIVE)
     singles = entries[1:-1]
-    assert [set(e) for e in singles] == [{k} for k in ablation.ALTERNATIVE]  # one knob each, every knob once
-    assert all(e[k] == ablation.ALTERNATIVE[k] != ablation.GPT2[k] for e in singles for k in e)
+    assert [next(iter(e)) for e in singles] == list(ablation.ALTERNATIVE)  # one knob each, every knob once ...
+    alternatives = ablation.ALTERNATIVE.items()
+    assert all(e == {k: v, **ablation.COMPANIONS.get(k, {})} for e, (k, v) in zip(singles, alternatives))
+    assert all(e[k] == ablation.ALTERNATIVE[k] != ablation.GPT2[k] for e in singles for k in list(e)[:1])
+    # ... with what came with it: the Transformer's sinusoids with its sqrt(d_model) embedding scale
+    assert {"model.pos_embedding": "sinusoidal", "model.embed_scale": True} in singles
+    assert ablation.get_config().model.embed_scale is False  # the base (GPT-2) does not scale
     assert entries[-1] == {"model.norm": "post", "model.final_norm": False, "model.scale_residual_init": False}
     assert len({sweep.run_name(e) for e in entries}) == len(entries)
 
