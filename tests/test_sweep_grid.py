@@ -172,7 +172,8 @@ loss = 3.0 + (0.3 if args.get("config.model.norm") == "post" else 0) + abs(lr - 
 stop = os.environ.get("FAKE_STOP") and os.environ["FAKE_STOP"] in str(work)
 work.mkdir(parents=True, exist_ok=True)
 (work / "config.json").write_text(json.dumps({{"train": {{"steps": steps}}}}))
-rows = [{{"step": 3, "train_loss": loss + 1, "tokens_per_sec": 100.0}}, {{"step": 3, "val_loss": loss + 1, "val_bpb": 2.0}}]
+rows = [{{"step": 3, "train_loss": loss + 1, "tokens_per_sec": 100.0}},
+        {{"step": 3, "val_loss": loss + 1, "val_bpb": 2.0}}]
 if not stop:
     rows += [{{"step": steps, "train_loss": loss, "tokens_per_sec": 100.0}},
              {{"step": steps, "val_loss": loss, "val_bpb": loss / 1.5}}, {{"step": steps, "icl/t/0shot_acc": 0.25}}]
@@ -261,7 +262,8 @@ def test_results_choose_each_arms_point_and_compare_it_with_the_base(sweep_file,
     assert lines[2] == ("| arm | chosen point | seeds | val loss | val bpb | Δ val loss vs base [95% CI] | compared | "
                         "t/0shot_acc |")
     sd = math.sqrt(2 * 0.05 ** 2)  # base at 0.003: 2.90, 3.00
-    assert lines[4] == f"| base | lr=0.003 | 2/2 | 2.9500 ± {sd:.4f} | 1.4750 ± {sd / 2:.4f} | (base) |  | 0.250 ± 0.071 |"
+    assert lines[4] == (f"| base | lr=0.003 | 2/2 | 2.9500 ± {sd:.4f} | 1.4750 ± {sd / 2:.4f} | (base) |  | "
+                        "0.250 ± 0.071 |")
     # post minus base per seed: 3.10 - 2.90 = 0.20, 3.10 - 3.00 = 0.10; mean 0.15, sd 0.0707, t(1) 12.706
     half = T_975_DF1 * math.sqrt(2 * 0.05 ** 2) / math.sqrt(2)
     assert lines[5] == (f"| norm=post | lr=0.003 | 2/2 | 3.1000 ± 0.0000 | 1.5500 ± 0.0000 | "
