@@ -1,15 +1,17 @@
 """launch/sweep.py with seeds and a grid (issue 22): arm x grid point x seed expanded into runs and their commands,
 launched seed by seed; bad seeds or grids refused in one line before any run; an interrupted sweep resumed without
 starting its finished runs again (against a stand-in `gptjax` that writes what a run leaves in its workdir); the
-results table's chosen points, spreads and differences from metrics given here; and (slow) a real sweep of tiny
-runs under GPTJAX_SMOKE=1. sweep.main runs in this process except in the real sweep."""
+results table's chosen points, spreads and differences from metrics given here. sweep.main runs in this process.
+
+Real runs: the docs tier (tests/test_docs.py) runs the README's ablation sweep under GPTJAX_SMOKE=1, two arms x two
+grid points x two seeds of real `gptjax train` (about 100 s), and then the same command from docs/ablations.md and
+docs/pods.md, which find every run finished and start none; a second real sweep here would repeat it."""
 
 import csv
 import json
 import math
 import os
 import pathlib
-import subprocess
 import sys
 import types
 
@@ -311,35 +313,3 @@ def test_an_arm_with_no_finished_run_is_reported_not_compared(sweep_file, tmp_pa
     md = (tmp_path / "results.md").read_text()
     assert "| norm=post | - | 0/2 | - | - | - | - | - |" in md
     assert "`norm=post`: no run finished, so no point is chosen and no difference computed." in md
-
-
-@pytest.mark.slow
-def test_tiny_real_sweep_with_seeds_and_a_grid(tmp_path):
-    """Four real runs of a 1-layer model (two learning rates, two seeds; the two-arm comparison is in the docs tier,
-    which runs the GPT-1 vs GPT-2 ablation's smoke sweep), two at a time under GPTJAX_SMOKE=1, then the same command
-    again, which starts none."""
-    sweep_file = tmp_path / "one_arm.py"
-    sweep_file.write_text(SEEDS_AND_GRID.replace('return [{}, {"model.norm": "post"}]', "return [{}]"))
-    work = tmp_path / "sweep"
-    cmd = [sys.executable, str(ROOT / "launch" / "sweep.py"), f"--config={sweep_file}", f"--workdir={work}",
-           "--parallel=2", "--", f"--config.data.data_dir={tmp_path}/tfds"]
-    env = {**os.environ, "GPTJAX_SMOKE": "1", "XLA_FLAGS": ""}
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    table = list(csv.DictReader(open(work / "results.csv")))
-    assert [t["run"] for t in table] == NAMES[:4] and all(t["status"] == "done" and t["steps"] == "2" for t in table)
-    for t in table:
-        saved = json.loads((work / t["run"] / "config.json").read_text())
-        assert saved["seed"] == int(t["seed"]) and saved["optim"]["lr"] == float(t["point"].split("=")[1])
-        evals = [json.loads(line) for line in open(work / t["run"] / "metrics.jsonl")]
-        assert float(t["val_loss"]) == [e for e in evals if "val_loss" in e][-1]["val_loss"]
-        assert float(t["wall_seconds"]) > 1
-    seeds = {t["seed"]: t["val_loss"] for t in table if t["point"] == "lr=0.001"}
-    assert seeds["0"] != seeds["1"]  # the seed reached the runs
-    means = {p: sum(float(t["val_loss"]) for t in table if t["point"] == p) / 2 for p in ("lr=0.001", "lr=0.003")}
-    md = (work / "results.md").read_text()
-    assert r.stdout.endswith(md) and f"| base | {min(means, key=means.get)} | 2/2 | " in md
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-    assert again.returncode == 0 and "sweep: 4 of 4 runs finished before" in again.stdout
-    assert "gptjax train" not in again.stdout  # no command was started
-    assert (work / "results.md").read_text() == md  # wall times kept from the first launch
