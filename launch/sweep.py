@@ -299,7 +299,8 @@ def finished(run_dir: str, steps: int | None) -> bool:
         saved = json.loads((root / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    if not isinstance(saved, dict) or saved.get("train", {}).get("steps") != steps:
+    train = saved.get("train") if isinstance(saved, dict) else None
+    if not isinstance(train, dict) or train.get("steps") != steps:
         return False
     if not (root / "checkpoints" / str(steps)).is_dir():
         return False
@@ -308,8 +309,14 @@ def finished(run_dir: str, steps: int | None) -> bool:
 
 def _not_finished(runs: list[Run], root: str, config: str, extra: list[str]) -> list[Run]:
     """The runs still to start; says in one line how many finished before (rerunning a sweep resumes it)."""
-    todo = [r for r in runs if not (_path(f"{root}/{r.name}") / "config.json").exists()  # never started: no need to
-            or not finished(f"{root}/{r.name}", configured_steps(config, r.overrides, extra))]  # read its config
+
+    def done(run: Run) -> bool:
+        where = f"{root}/{run.name}"
+        if not (_path(where) / "config.json").exists():  # never started: no need to read the sweep's config
+            return False
+        return finished(where, configured_steps(config, run.overrides, extra))
+
+    todo = [r for r in runs if not done(r)]
     if len(todo) < len(runs):
         print(f"sweep: {len(runs) - len(todo)} of {len(runs)} runs finished before (their evaluation and checkpoint "
               f"at the last step are in their workdirs): not started again", flush=True)
@@ -396,7 +403,7 @@ def _fmt(key: str, value) -> str:
     return str(value)
 
 
-def write_results(workdir: str, results: list[dict], curves: dict[str, list[dict]], spec: "Spec | None" = None) -> None:
+def write_results(workdir: str, results: list[dict], curves: dict[str, list[dict]], spec: Spec | None = None) -> None:
     """results.csv (full precision), results.md (tables) and val_curves.png under the sweep's workdir: one table of
     runs for a plain sweep; with seeds or a grid, the arms' chosen points and differences first (`arm_results`)."""
     root = _path(workdir)
