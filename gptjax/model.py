@@ -85,7 +85,10 @@ def lookup(table_NxD, ids, axes, impl: str, dtype):
 
 def _param(module, name, init_fn, shape, axes, cfg):
     init = nn.with_logical_partitioning(init_fn, axes)
-    return module.param(name, init, shape, DTYPES[cfg.param_dtype])
+    w = module.param(name, init, shape, DTYPES[cfg.param_dtype])
+    if cfg.cast_in_layer and cfg.scan_layers and cfg.param_dtype != cfg.dtype:  # see ModelConfig.cast_in_layer
+        return jax.lax.optimization_barrier(w)
+    return w
 
 
 class LayerNorm(nn.Module):
