@@ -300,7 +300,7 @@ def test_embed_scale_multiplies_token_embeddings_by_sqrt_d_model(pos_embedding):
 
 @pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
 def test_casting_each_scanned_layer_gives_the_same_loss_and_gradients(mesh_shape):
-    """model.cast_in_layer (on by default): with scanned layers in bfloat16 over float32 weights, each layer's slice
+    """model.cast_in_layer (opt-in): with scanned layers in bfloat16 over float32 weights, each layer's slice
     is cast inside the loop behind an optimization barrier (on TPU, XLA otherwise keeps a bfloat16 copy of the whole
     stack: 0.85 GiB per chip at GPT-3 175B on v6e-256, docs/plan.md). The barrier is an identity: the loss and the
     gradients are those without it, on one device and on 8 (data x fsdp x tensor)."""
