@@ -20,7 +20,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "launch"))
 import sweep  # noqa: E402
 
-TWO_RUNS = '''
+# The config a test sweep trains: 1 layer of 32, 6 steps (tests/test_sweep_grid.py adds its own arms to it)
+TINY_CONFIG = '''
 from gptjax.configs import default
 
 
@@ -35,6 +36,8 @@ def get_config(arg=None):
     c.sample.update(num_samples=1, max_new_tokens=4)
     return c
 
+'''
+TWO_RUNS = TINY_CONFIG + '''
 
 def get_sweep():
     return [{"model.norm": "pre"}, {"model.norm": "post", "model.pos_embedding": "sinusoidal"}]

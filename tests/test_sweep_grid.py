@@ -20,24 +20,11 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "launch"))
 import sweep  # noqa: E402
+from test_sweep import TINY_CONFIG  # noqa: E402  (the tiny config every test sweep trains)
 
 T_975_DF1 = 12.706204736174707  # the t table's 0.975 quantile at 1 degree of freedom (two seeds)
 
-CONFIG = '''
-from gptjax.configs import default
-
-
-def get_config(arg=None):
-    c = default.get_config()
-    c.data.update(tokenizer="char", seq_len=32)
-    c.model.update(num_layers=1, d_model=32, num_heads=2, max_len=32)
-    c.train.update(steps=6, batch_size=4, log_every_steps=2)
-    c.optim.update(warmup_steps=1)
-    c.eval.update(every_steps=3, steps=2)
-    c.checkpoint.update(every_steps=6)
-    c.sample.update(num_samples=1, max_new_tokens=4)
-    return c
-
+CONFIG = TINY_CONFIG + '''
 
 def get_sweep():
     return [{}, {"model.norm": "post"}]
