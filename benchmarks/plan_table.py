@@ -204,6 +204,9 @@ def main():
     if a.validate:
         lines = [VALIDATION_HEADER]
         names = [n.strip() for n in (a.rows or ",".join(PUBLISHED)).split(",") if n.strip()]
+        unknown = [n for n in names if n not in PUBLISHED]
+        if unknown:
+            sys.exit(f"plan_table: unknown published rows {unknown}; --list shows them (the pub_* names)")
         if common.smoke_run("one published run's row, its `gptjax plan` shrinking the model (GPTJAX_SMOKE)"):
             names = names[:1]
         for name in names:
