@@ -102,6 +102,7 @@ class Spec:
     arms: list
     seeds: tuple = ()
     grid: dict = dataclasses.field(default_factory=dict)
+    scaling: dict | None = None  # get_scaling(): {"hold_out": ARM or None}; the results then fit L(N) (gptjax/scaling.py)
 
     @property
     def plain(self) -> bool:
@@ -118,13 +119,27 @@ def load_spec(config: str) -> Spec:
     arms = _arms(module, path)
     seeds = _seeds(module, path) if hasattr(module, "get_seeds") else ()
     grid = _grid(module, config) if hasattr(module, "get_grid") else {}
+    scaling = _scaling(module, path, arms) if hasattr(module, "get_scaling") else None
     for key in list(grid) + (["seed"] if seeds else []):
         for arm in arms:
             if key in arm:
                 by = "get_grid() tunes" if key in grid else "get_seeds() sets"
                 raise SweepError(f"--config: {path}: {by} {key}, which the entry `{run_name(arm)}` of get_sweep() "
                                  f"sets too: give it in one place")
-    return Spec(arms, seeds, grid)
+    return Spec(arms, seeds, grid, scaling)
+
+
+def _scaling(module, path: str, arms: list[dict]) -> dict:
+    scaling = module.get_scaling()
+    if not isinstance(scaling, dict) or set(scaling) - {"hold_out"}:
+        raise SweepError(f"--config: {path}: get_scaling() must return a dict with at most the key hold_out, got "
+                         f"{scaling!r}")
+    hold_out = scaling.get("hold_out")
+    names = [run_name(a) for a in arms]
+    if hold_out is not None and hold_out not in names:
+        raise SweepError(f"--config: {path}: get_scaling() holds out {hold_out!r}, which is not an entry of "
+                         f"get_sweep(): {', '.join(names)}")
+    return {"hold_out": hold_out}
 
 
 def _seeds(module, path: str) -> tuple:
@@ -200,8 +215,12 @@ def _keys(config, prefix: str = "") -> list[str]:
 
 
 def run_name(overrides: dict) -> str:
-    """`norm=post,final_norm=False`: the last part of each key, in the entry's order ('base' for no overrides)."""
-    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items()) or "base"
+    """`norm=post,final_norm=False`: the last part of each key, in the entry's order ('base' for no overrides); a
+    path value by its last part (`init_from=runs/lm` names `init_from=lm`), since the name is a directory."""
+    def short(v):
+        return v.rstrip("/").rsplit("/", 1)[-1] if isinstance(v, str) and "/" in v else v
+
+    return ",".join(f"{k.split('.')[-1]}={short(v)}" for k, v in overrides.items()) or "base"
 
 
 def train_command(config: str, workdir: str, overrides: dict, extra: list[str]) -> list[str]:
@@ -258,7 +277,7 @@ def smoke_spec(spec: Spec) -> tuple[Spec, str]:
         grid[key] = values[:keep]
     kept = [f"the first {len(arms)} entries of the sweep"]
     kept += [f"{len(seeds)} of its seeds"] * bool(seeds) + [f"{len(grid_points(grid))} grid points"] * bool(grid)
-    return Spec(arms, seeds, grid), ", ".join(kept[:-1]) + " and " * (len(kept) > 1) + kept[-1]
+    return Spec(arms, seeds, grid, spec.scaling), ", ".join(kept[:-1]) + " and " * (len(kept) > 1) + kept[-1]
 
 
 # --- resuming -----------------------------------------------------------------------------------------------------
@@ -613,6 +632,8 @@ def _write_arm_results(root, results: list[dict], curves: dict[str, list[dict]],
     if spec.grid:
         lines += ["", "Mean validation loss at each grid point (finished seeds; the chosen point in bold):", "",
                   *_grid_table(arms, results, spec)]
+    if spec.scaling is not None:
+        lines += _scaling_section(root, arms, spec.scaling["hold_out"])
     lines += ["", "Every run:", "", *_runs_table(results, icl), "", _RUN_NOTES]
     (root / "results.md").write_text("\n".join(lines + _arm_notes(arms, results, spec)) + "\n")
 
@@ -627,6 +648,19 @@ def _write_arm_results(root, results: list[dict], curves: dict[str, list[dict]],
             ax.fill_between(b.steps, b.low, b.high, color=line.get_color(), alpha=0.2)
     _save_figure(root, fig, ax, f"validation loss: {os.path.basename(str(root).rstrip('/'))} (mean over seeds; "
                                 "band: lowest to highest seed)")
+
+
+def _scaling_section(root, arms: list[dict], hold_out: str | None) -> list[str]:
+    """The scaling-law lines of results.md, and scaling.png: each arm a model size, N from its run's config.json."""
+    from gptjax import scaling  # jax, only for a sweep that asks for the fit
+
+    points = [scaling.Point(a["arm"], scaling.model_size(str(root / a["rows"][0]["run"])),
+                            tuple(r["val_loss"] for r in a["rows"])) for a in arms if a["rows"]]
+    lines, fit, held = scaling.section(points, hold_out)
+    if points:
+        (root / "scaling.png").write_bytes(scaling.plot(points, fit, held))
+        lines += ["", "Plot: scaling.png (log-log)."]
+    return lines
 
 
 def _previous_wall_seconds(workdir: str) -> dict[str, float]:

@@ -14,7 +14,7 @@ LAYERS = [
     ("foundation", ["errors", "files", "configs", "datasets", "sweep_stats"]),
     ("libraries", ["kernels", "model", "sharding", "tokenizer", "data", "optimizer", "metrics", "checkpoint",
                    "objectives", "decoding", "sampling", "beam_search", "convert", "finetune", "rl.losses",
-                   "rl.models", "rl.objectives", "rl.data", "plan_cost"]),
+                   "rl.models", "rl.objectives", "rl.data", "plan_cost", "scaling"]),
     ("core", ["loop", "trainer", "batching", "workdirs"]),
     ("capabilities", ["rl", "evals", "analysis"]),
     ("kinds of training", ["runs", "plan"]),

@@ -130,6 +130,11 @@ BAD = {
                                "get_grid() tunes model.norm, which the entry `norm=post` of get_sweep() sets too"),
     "a seed an arm sets": ("def get_seeds():\n    return [0]\n\n\ndef get_sweep():\n    return [{}, {'seed': 4}]\n",
                            "get_seeds() sets seed, which the entry `seed=4` of get_sweep() sets too"),
+    "scaling holds out no arm": ("def get_scaling():\n    return {'hold_out': 'norm=pre'}\n",
+                                 "get_scaling() holds out 'norm=pre', which is not an entry of get_sweep(): base, "
+                                 "norm=post"),
+    "scaling with an unknown key": ("def get_scaling():\n    return {'x': 'N'}\n",
+                                    "get_scaling() must return a dict with at most the key hold_out, got {'x': 'N'}"),
 }
 
 
@@ -300,3 +305,60 @@ def test_an_arm_with_no_finished_run_is_reported_not_compared(sweep_file, tmp_pa
     md = (tmp_path / "results.md").read_text()
     assert "| norm=post | - | 0/2 | - | - | - | - | - |" in md
     assert "`norm=post`: no run finished, so no point is chosen and no difference computed." in md
+
+
+SCALING = TINY_CONFIG + """
+
+SHAPES = [(1, 32), (2, 32), (2, 48), (2, 64), (3, 96), (4, 128)]
+
+
+def get_sweep():
+    return [{"model.num_layers": n, "model.d_model": d, "model.num_heads": d // 16} for n, d in SHAPES]
+
+
+def get_seeds():
+    return [0, 1]
+
+
+def get_grid():
+    return {"optim.lr": [0.001, 0.003]}
+
+
+def get_scaling():
+    return {"hold_out": "num_layers=4,d_model=128,num_heads=8"}
+"""
+
+
+def test_a_scaling_sweep_fits_loss_against_non_embedding_params_and_predicts_the_held_out_size(tmp_path):
+    from gptjax import sweep_stats
+
+    path = tmp_path / "scaling.py"
+    path.write_text(SCALING)
+    spec = sweep.load_spec(str(path))
+    assert spec.scaling == {"hold_out": "num_layers=4,d_model=128,num_heads=8"}
+    shapes = [(1, 32), (2, 32), (2, 48), (2, 64), (3, 96), (4, 128)]
+    # N by hand: per block two LayerNorms (4d), qkv (3d^2 + 3d), out (d^2 + d), MLP (8d^2 + 5d); a final LayerNorm (2d)
+    sizes = [n * (12 * d * d + 13 * d) + 2 * d for n, d in shapes]
+    assert sizes[0] == 12_768 and sizes[-1] == 793_344
+
+    def law(n):
+        return 1.5 + 40.0 / n ** 0.4
+
+    for (n, d), size, arm in zip(shapes, sizes, (sweep.run_name(a) for a in spec.arms)):
+        for lr, offset in (("0.001", 0.1), ("0.003", 0.0)):  # lr=0.003 wins every size
+            for seed, noise in ((0, -0.01), (1, 0.01)):
+                name = f"{arm}/lr={lr}/seed={seed}"
+                write_run(tmp_path, name, law(size) + offset + noise)
+                (tmp_path / name / "config.json").write_text(json.dumps(
+                    {"train": {"steps": 6}, "model": {"num_layers": n, "d_model": d, "num_heads": d // 16,
+                                                      "vocab_size": 64, "max_len": 64}}))
+    sweep.collect(str(tmp_path), spec, {})
+    md = (tmp_path / "results.md").read_text()
+    assert "| num_layers=1,d_model=32,num_heads=2 | 12,768 | " + f"{law(12_768):.4f} ± 0.0141 |" in md
+    fit = sweep_stats.fit_power_law(sizes, [law(n) for n in sizes])
+    assert abs(fit.E - 1.5) < 1e-3 and abs(fit.alpha - 0.4) < 1e-3  # the seeds' noise cancels in the mean
+    assert f"E = {fit.E:.3f} ± " in md and f"alpha = {fit.alpha:.3f} ± " in md
+    held = sweep_stats.predict_held_out(sizes[:5] + sizes[5:], [law(n) for n in sizes], 5)
+    assert (f"Held out: `num_layers=4,d_model=128,num_heads=8` (N = 793,344). The fit over the other 5 sizes" in md
+            and f"predicts {held.predicted:.4f}; measured {law(793_344):.4f}" in md)
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"

@@ -5,12 +5,14 @@ from gptjax.configs.presets import PAPER_PARAMS, PRESETS, apply_preset  # noqa: 
 
 
 def sibling(file: str, name: str):
-    """The experiment file `name`.py beside the experiment file `file`, as a module: settings that a family of
-    experiment files shares (experiments/rlhf/_genre.py). Experiment files are loaded by path, not as a package."""
+    """The experiment file `name`.py beside the experiment file `file` (or at a path relative to its folder,
+    "../finetune/genre"), as a module: settings that a family of experiment files shares
+    (experiments/rlhf/_genre.py). Experiment files are loaded by path, not as a package."""
     import importlib.util
     import pathlib
 
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(file).with_name(f"{name}.py"))
+    path = pathlib.Path(file).parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

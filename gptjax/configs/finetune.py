@@ -24,6 +24,9 @@ def section() -> ml_collections.ConfigDict:
     f.fields = ("text",)  # record fields holding the texts, in the task's order
     f.label_field = "label"
     f.labels = ()  # the label set (string forms); a label outside it is an error
+    f.train_fraction = 1.0  # (0, 1]: train on this fraction of the training records, drawn with the run's seed
+    f.test_fraction = 0.0  # [0, 1): set this fraction of the validation records aside as a test split (the same
+    #                       for every run), evaluated beside validation as test_loss, test_accuracy, test_f1
     f.lm_weight = 0.5  # auxiliary LM loss weight (GPT-1's lambda); 0 turns it off
     f.truncate = True  # cut over-long examples by the documented rule (False: refuse them)
     f.epochs = 0.0  # > 0: train.steps = ceil(epochs * train examples / batch) (rows when sft), unless train.steps is
@@ -49,6 +52,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"finetune.task_type: {f.task_type!r} is not one of {', '.join(TASK_TYPES)}")
         if f.task_type != "multiple_choice" and len(f.labels) < 2:
             raise ConfigError(f"finetune.labels: needs two or more labels, got {list(f.labels)}")
+    if not 0 < f.train_fraction <= 1:
+        raise ConfigError(f"finetune.train_fraction: needs 0 < fraction <= 1, got {f.train_fraction}")
+    if not 0 <= f.test_fraction < 1:
+        raise ConfigError(f"finetune.test_fraction: needs 0 <= fraction < 1, got {f.test_fraction}")
+    if f.test_fraction and f.kind != "classify":
+        raise ConfigError("finetune.test_fraction: a test split is for classification (finetune.kind=classify)")
     bad = [t for t in f.lora_targets if t not in LORA_TARGETS]
     if f.lora_rank and bad:
         raise ConfigError(f"finetune.lora_targets: {bad} are not among {', '.join(LORA_TARGETS)}")

@@ -132,6 +132,26 @@ def records(f, split: str) -> list[tuple[str, dict]]:
     raise DataError(f"finetune.source: {f.source!r} is not one of genre, plays, jsonl, tfds:NAME[/CONFIG]")
 
 
+def subset(recs: list, fraction: float, seed: int) -> list:
+    """`fraction` of the records (at least one), the first of a permutation drawn by `seed`, in their original
+    order: one seed's smaller fractions are nested in its larger ones, so a learning curve adds data, never swaps it."""
+    if fraction >= 1:
+        return list(recs)
+    k = max(1, round(fraction * len(recs)))
+    keep = np.random.default_rng([seed, 11]).permutation(len(recs))[:k]
+    return [recs[i] for i in sorted(keep)]
+
+
+def split_test(recs: list, fraction: float) -> tuple[list, list]:
+    """(validation, test): `fraction` of the validation records set aside as a test split by a fixed draw (the
+    same whatever the run's seed, so every run is scored on the same test records)."""
+    if fraction <= 0:
+        return list(recs), []
+    test = set(np.random.default_rng(13).choice(len(recs), size=max(1, round(fraction * len(recs))),
+                                                replace=False).tolist())
+    return [r for i, r in enumerate(recs) if i not in test], [r for i, r in enumerate(recs) if i in test]
+
+
 def field(where: str, rec: dict, key: str, config_key: str):
     if key not in rec:
         raise DataError(f"{where}: no field {key!r} ({config_key}); the record has {sorted(rec)[:8]}")

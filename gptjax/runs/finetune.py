@@ -3,7 +3,8 @@ transformations and auxiliary LM loss (`finetune.kind=classify`), or instruction
 (`finetune.kind=sft`), optionally LoRA adapters only; from `train.init_from` (never written to) or from scratch.
 
 Classification logs val_loss, val_accuracy and val_f1 (macro over the classes) and writes `predictions.jsonl` at
-every evaluation. Instruction tuning writes the tuned GPT, adapters merged, to `<workdir>/model` at the end, for
+every evaluation; with `finetune.test_fraction` it logs test_loss, test_accuracy and test_f1 on the records set
+aside from validation too. `finetune.train_fraction` trains on a seeded, nested subset of the training records. Instruction tuning writes the tuned GPT, adapters merged, to `<workdir>/model` at the end, for
 `gptjax sample --workdir=<workdir> --template`.
 """
 
@@ -59,6 +60,8 @@ def train(config, workdir: str) -> dict:
     mesh = trainer.start(config, workdir)
     f = config.finetune
     recs = {split: ft_data.records(f, split) for split in ("train", "validation")}  # bad data stops here
+    recs["train"] = ft_data.subset(recs["train"], f.train_fraction, config.seed)
+    recs["validation"], recs["test"] = ft_data.split_test(recs["validation"], f.test_fraction)
     if config.train.init_from:
         workdirs.adopt_init_from(config, workdir)
         tokenizer = load_tokenizer(workdir)
@@ -73,9 +76,10 @@ def train(config, workdir: str) -> dict:
     if f.kind == "classify":
         num_new = transforms.NUM_SPECIAL
         specials = transforms.Specials.after(base_vocab)
-        train_enc, val_enc = (ft_data.encode_classification(recs[s], tokenizer, f, specials, seq_len)
-                              for s in ("train", "validation"))
+        train_enc, val_enc, test_enc = (ft_data.encode_classification(recs[s], tokenizer, f, specials, seq_len)
+                                        if recs[s] else None for s in ("train", "validation", "test"))
         train_rows, val_rows = ft_data.classification_arrays(train_enc), ft_data.classification_arrays(val_enc)
+        test_rows = ft_data.classification_arrays(test_enc) if test_enc is not None else None
         tokens_per_step = config.train.batch_size * train_enc.inputs.shape[1] * seq_len
     else:
         num_new = 0 if tokenizer.eos_id is not None else 1
@@ -99,8 +103,13 @@ def train(config, workdir: str) -> dict:
                             in_shardings=(run.state_shardings.params, sharding.batch_sharding(mesh)))
 
         def validate(loop):
-            return evaluate_classification(run, scores_fn, loop.state.params, val_rows, val_enc, eval_batch,
-                                           list(f.labels), workdir, loop.step, limit)
+            values = evaluate_classification(run, scores_fn, loop.state.params, val_rows, val_enc, eval_batch,
+                                             list(f.labels), workdir, loop.step, limit)
+            if test_rows is not None:  # the test split: reported beside validation, never chosen on
+                test = evaluate_classification(run, scores_fn, loop.state.params, test_rows, test_enc, eval_batch,
+                                               list(f.labels), None, loop.step, limit)
+                values.update({"test_" + k[len("val_"):]: v for k, v in test.items()})
+            return values
     else:
         def validate(loop):
             batches = ({**rows, "weights": rows["weights"] * real[:, None]}
