@@ -387,11 +387,11 @@ def summarize(name: str, overrides: dict, rows: list[dict], status: str = "",
            "steps": max((int(r["step"]) for r in rows), default=0)}
     if train:
         out["train_loss"] = train[-1]["train_loss"]
-    if evals:
-        out["val_loss"], out["val_bpb"] = evals[-1]["val_loss"], evals[-1]["val_bpb"]
+    if evals:  # a run that is not a language model's (fine-tuning, a reward model) logs no bits per byte
+        out["val_loss"], out["val_bpb"] = evals[-1]["val_loss"], evals[-1].get("val_bpb")
     if train and "train_bpb" in train[-1]:
         out["train_bpb"] = train[-1]["train_bpb"]
-    elif train and evals and evals[-1]["val_bpb"] > 0:
+    elif train and evals and (evals[-1].get("val_bpb") or 0) > 0:
         bytes_per_token = evals[-1]["val_loss"] / math.log(2) / evals[-1]["val_bpb"]
         out["train_bpb"] = train[-1]["train_loss"] / math.log(2) / bytes_per_token
     speeds = sorted(r["tokens_per_sec"] for r in train[1:] or train if "tokens_per_sec" in r)
@@ -556,7 +556,9 @@ def _diff(d) -> str:
 def _compared(d) -> str:
     if d is None:
         return "-"
-    return f"paired, {d.n} seeds" if d.method == "paired" else f"Welch, {d.n} vs {d.n_base} seeds"
+    if d.method == "paired":
+        return f"paired, {d.n} seed" + "s" * (d.n != 1)
+    return f"Welch, {d.n} vs {d.n_base} seeds"
 
 
 def _arms_table(arms: list[dict], spec: Spec, icl: list[str]) -> list[str]:

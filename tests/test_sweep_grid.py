@@ -362,3 +362,17 @@ def test_a_scaling_sweep_fits_loss_against_non_embedding_params_and_predicts_the
     assert (f"Held out: `num_layers=4,d_model=128,num_heads=8` (N = 793,344). The fit over the other 5 sizes" in md
             and f"predicts {held.predicted:.4f}; measured {law(793_344):.4f}" in md)
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_that_log_no_bits_per_byte_are_collected(sweep_file, tmp_path):
+    """A sweep of fine-tuning runs: validation loss and accuracy, no bpb (it crashed the collection before)."""
+    spec = sweep.load_spec(sweep_file)
+    for i, name in enumerate(NAMES):
+        run = tmp_path / name
+        run.mkdir(parents=True)
+        rows = [{"step": 6, "train_loss": 1.0, "tokens_per_sec": 10.0},
+                {"step": 6, "val_loss": 1.0 + i / 10, "val_accuracy": 0.5}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = sweep.collect(str(tmp_path), spec, {})
+    assert [r["val_loss"] for r in results][:2] == [1.0, 1.1] and results[0]["val_bpb"] is None
+    assert "| base | lr=0.001 | 2/2 | 1.0500 ± 0.0707 | - | (base) |" in (tmp_path / "results.md").read_text()

@@ -144,12 +144,14 @@ def subset(recs: list, fraction: float, seed: int) -> list:
 
 def split_test(recs: list, fraction: float) -> tuple[list, list]:
     """(validation, test): `fraction` of the validation records set aside as a test split by a fixed draw (the
-    same whatever the run's seed, so every run is scored on the same test records)."""
+    same whatever the run's seed, so every run is scored on the same test records). Both come in the draw's
+    shuffled order, so that `eval.max_examples` scores a random sample of each, not the first plays of a file
+    sorted by play."""
     if fraction <= 0:
         return list(recs), []
-    test = set(np.random.default_rng(13).choice(len(recs), size=max(1, round(fraction * len(recs))),
-                                                replace=False).tolist())
-    return [r for i, r in enumerate(recs) if i not in test], [r for i, r in enumerate(recs) if i in test]
+    order = np.random.default_rng(13).permutation(len(recs))
+    k = max(1, round(fraction * len(recs)))
+    return [recs[i] for i in order[k:]], [recs[i] for i in order[:k]]
 
 
 def field(where: str, rec: dict, key: str, config_key: str):
