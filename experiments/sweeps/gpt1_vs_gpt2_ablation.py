@@ -38,7 +38,9 @@ every 50 steps on 10 batches. Measured the same day, same conditions: 36.7 s a r
 there (two 300-step runs of this model in 97 s against 54 s for one). `:steps=N` changes the length (and the
 evaluation cadence with it); the grid's warmups stay 20 and 60 steps.
 
-python launch/sweep.py --config=experiments/sweeps/gpt1_vs_gpt2_ablation.py --workdir=runs/ablation
+Measured 2026-12-07 with --parallel=2: 48.8 minutes for the 96 runs (docs/ablations.md has the results).
+
+python launch/sweep.py --config=experiments/sweeps/gpt1_vs_gpt2_ablation.py --workdir=runs/ablation --parallel=2
 """
 
 from gptjax.configs import ConfigError, default, parse_arg
