@@ -84,6 +84,7 @@ def plot(points: list[Point], fit, held) -> bytes:
     """scaling.png: the sizes' mean losses (bars: lowest to highest seed) on log-log axes, the fit over all of them
     and, dashed, the fit without the held-out size (its point a red square)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -94,7 +95,7 @@ def plot(points: list[Point], fit, held) -> bytes:
         low, high = min(p.losses), max(p.losses)
         ax.errorbar([p.size], [p.loss.mean], yerr=[[p.loss.mean - low], [high - p.loss.mean]], fmt="s" if out else "o",
                     color="tab:red" if out else "tab:blue", capsize=3)
-        ax.annotate(p.arm, (p.size, p.loss.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(p.arm, (p.size, p.loss.mean), textcoords="offset points", xytext=(4, 4), fontsize=6)
     if fit is not None:
         n = np.geomspace(min(p.size for p in points) / 1.5, max(p.size for p in points) * 1.5, 100)
         ax.plot(n, fit(n), color="tab:gray", label=f"fit: {fit.E:.2f} + {fit.A:.3g} / N^{fit.alpha:.3f}")
@@ -104,6 +105,8 @@ def plot(points: list[Point], fit, held) -> bytes:
         ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 4.8, not 4.8 x 10^0
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title("validation loss against model size (bars: lowest to highest seed)")

@@ -102,3 +102,15 @@ def test_a_directory_without_runs_is_one_line(tmp_path, capsys):
     assert curve.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"gptjax: error: {tmp_path}: no fine-tuning run") and err.count("\n") == 1
+
+
+def test_the_learning_rate_is_chosen_per_way_and_fraction_on_validation_never_test():
+    def run(lr, seed, val, test):
+        return curve.Run("scratch", 0.1, seed, 10, test, {}, lr, val)
+
+    rs = [run(1e-3, 0, 0.30, 0.90), run(1e-3, 1, 0.34, 0.90), run(3e-3, 0, 0.40, 0.20), run(3e-3, 1, 0.36, 0.30),
+          run(1e-2, 0, 0.90, 0.90)]  # 1e-2: one seed of two finished, so it does not compete
+    kept = curve.chosen(rs)
+    assert [(r.lr, r.seed) for r in kept] == [(3e-3, 0), (3e-3, 1)]  # mean val 0.38 beats 0.32; test ignored
+    lines, _ = curve.table(kept)
+    assert lines[2] == "| 10% | 0.250 ± 0.071 (n=2, lr 0.003) |"

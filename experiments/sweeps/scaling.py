@@ -28,8 +28,8 @@ scaling law is for. At 410K tokens the largest models see under one token per pa
 al.'s 20, so expect them to fall short of the law (the curve bends toward a token-limited floor); that bend is
 part of what this measures.
 
-Budget (issue 22: at most 60 minutes on the 2-core machine): 7 sizes x 3 rates = 21 runs; see docs/ablations.md
-for the measured time.
+Budget (issue 22: at most 60 minutes on the 2-core machine): 7 sizes x 3 rates = 21 runs, measured 2026-12-07 at
+9.4 minutes with --parallel=2 (docs/ablations.md has the results). `scaling.py:steps=N` trains every size longer.
 
 python launch/sweep.py --config=experiments/sweeps/scaling.py --workdir=runs/scaling --parallel=2
 """

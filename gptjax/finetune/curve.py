@@ -6,7 +6,8 @@ class as a floor.
 
 Reads every run under the directory (each a workdir with config.json and metrics.jsonl), whatever launched it.
 A run's way is read from its config: `lora` (finetune.lora_rank > 0), `pretrained` (train.init_from set) or
-`scratch`. Early stopping is the same for every run: of its evaluations, the one with the best validation accuracy
+`scratch`; where a way and fraction ran at several learning rates (a sweep's grid), the rate with the best mean
+validation accuracy over seeds is kept. Early stopping is the same for every run: of its evaluations, the one with the best validation accuracy
 (the earliest on a tie) is its result, and the test accuracy logged with it (finetune.test_fraction) is what is
 reported; the validation number is never reported and the test number never chosen on. Writes curve.md and curve.png
 beside the runs and prints the table.
@@ -34,6 +35,8 @@ class Run:
     step: int  # the early-stopping evaluation's step
     test_accuracy: float
     config: dict
+    lr: float = 0.0
+    val_accuracy: float = 0.0  # at the early-stopping evaluation: what the learning rate is chosen on
 
 
 def way(config: dict) -> str:
@@ -76,8 +79,26 @@ def read_runs(root: str) -> list[Run]:
         if best is None:
             continue
         runs.append(Run(way(config), float(config["finetune"]["train_fraction"]), int(config["seed"]),
-                        int(best["step"]), float(best["test_accuracy"]), config))
+                        int(best["step"]), float(best["test_accuracy"]), config, float(config["optim"]["lr"]),
+                        float(best["val_accuracy"])))
     return runs
+
+
+def chosen(runs: list[Run]) -> list[Run]:
+    """Per way and fraction, the runs of the learning rate with the best mean validation accuracy over seeds (at
+    each run's early-stopping point; sweep_stats.choose_point: only rates where every seed finished compete, the
+    smallest rate on a tie). The test accuracy plays no part."""
+    groups = collections.defaultdict(lambda: collections.defaultdict(dict))
+    for r in runs:
+        groups[(r.way, r.fraction)][r.lr][r.seed] = r
+    out = []
+    for rates in groups.values():
+        seeds = sorted({s for by_seed in rates.values() for s in by_seed})
+        order = sorted(rates)
+        pick = sweep_stats.choose_point({lr: {s: -r.val_accuracy for s, r in rates[lr].items()} for lr in order},
+                                        seeds)
+        out += [rates[pick.point][s] for s in pick.values]
+    return out
 
 
 def majority_floor(config: dict) -> tuple[str, float]:
@@ -98,9 +119,10 @@ def majority_floor(config: dict) -> tuple[str, float]:
 
 def table(runs: list[Run], num_train: int | None = None) -> tuple[list[str], dict]:
     """curve.md's lines and {(way, fraction): {seed: accuracy}}."""
-    cells = collections.defaultdict(dict)
+    cells, rates = collections.defaultdict(dict), {}
     for r in runs:
         cells[(r.way, r.fraction)][r.seed] = r.test_accuracy
+        rates[(r.way, r.fraction)] = r.lr
     fractions = sorted({r.fraction for r in runs})
     ways = [w for w in WAYS if any(k[0] == w for k in cells)]
     heads = ["fraction", *(["passages"] if num_train else []), *ways,
@@ -113,7 +135,7 @@ def table(runs: list[Run], num_train: int | None = None) -> tuple[list[str], dic
             vals = cells.get((w, fr), {})
             s = sweep_stats.summarize(list(vals.values())) if vals else None
             row.append("-" if s is None else f"{s.mean:.3f}" + (f" ± {s.sd:.3f}" if s.sd is not None else "")
-                       + f" (n={s.n})")
+                       + f" (n={s.n}" + (f", lr {rates[(w, fr)]:g}" if rates[(w, fr)] else "") + ")")
         for w in ways:
             if w == "scratch" or "scratch" not in ways:
                 continue
@@ -156,7 +178,7 @@ def plot(cells: dict, floor: tuple[str, float] | None) -> bytes:
 
 
 def report(root: str) -> str:
-    runs = read_runs(root)
+    runs = chosen(read_runs(root))
     if not runs:
         raise GptjaxError(f"{root}: no fine-tuning run with validation and test accuracy under it "
                           "(finetune.test_fraction > 0)")
@@ -170,7 +192,8 @@ def report(root: str) -> str:
     lines, cells = table(runs, num_train)
     steps = collections.Counter(r.step for r in runs)
     text = "\n".join(["Test accuracy at each run's early-stopping point (best validation accuracy), mean ± sd over "
-                      "seeds; the difference from scratch is paired by seed, with a 95% t interval.", "", *lines, "",
+                      "seeds, at the learning rate with the best mean validation accuracy for that way and fraction; "
+                      "the difference from scratch is paired by seed, with a 95% t interval.", "", *lines, "",
                       f"Majority class ({floor[0]}, the most frequent training label): {floor[1]:.3f} on the same "
                       f"test passages.", "", f"{len(runs)} runs; early-stopping steps chosen: "
                       + ", ".join(f"{s} ({n})" for s, n in sorted(steps.items())) + "."]) + "\n"
