@@ -20,10 +20,11 @@ reports (gptjax/finetune/curve.py); validation is never reported, test is never 
 Length: three epochs of the subset, at least 40 and at most 250 steps of 16 passages (40, 76, 250, 250 steps), so
 the 10% and 100% runs see the same number of passages and differ in how many are distinct. Five evaluations a run.
 
-The model is 4 x 64 (the GPT-1 ablation's shape, 0.33M parameters), at 96 tokens of context (a passage is about
-90 tokens), so that the 72 runs fit in about half an hour here. The language model is pretrained first (the default
-run's corpus, all plays but every 10th, which includes the six genre plays: it has read the held-out passages, but
-never their labels):
+The model is 4 x 64 (the GPT-1 ablation's shape, 0.35M parameters), at 96 tokens of context (a passage is about
+90 tokens), so that the 72 runs fit in about half an hour here (measured 2026-12-07: 25.6 minutes with
+--parallel=2; docs/finetune.md has the results). The language model is pretrained first (the default
+run's corpus, all plays but every 10th, which includes three of the six held-out genre plays: it has read some test
+passages, never their labels):
 
   gptjax train --config=experiments/pretrain/shakespeare.py --config.train.steps=1500 --config.model.d_model=64 \
       --config.model.num_heads=4 --workdir=runs/genre_lm
