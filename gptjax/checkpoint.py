@@ -230,15 +230,21 @@ def _restore_error(mngr, step: int, err: BaseException) -> CheckpointError | Non
     return None
 
 
+# What orbax's background writes raise when they outlive the failed save that stopped the run: the event loop
+# orbax closed, or the interpreter's executors shut down at exit (a write still queued then).
+_AFTER_THE_END = ("Event loop is closed", "cannot schedule new futures after interpreter shutdown")
+
+
 def _closed_loop(exc) -> bool:
-    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+    return isinstance(exc, RuntimeError) and str(exc) in _AFTER_THE_END
 
 
 def _quiet_closed_loop() -> None:
     """After a failed save or restore, TensorStore still completes the writes and reads orbax started and hands
     their results to the event loop orbax already closed: Python prints "Event loop is closed" tracebacks (through
     sys.excepthook from TensorStore's threads, or as unraisable) and asyncio logs "Task exception was never
-    retrieved" for the writes that met the refusal, at moments of their own, even at exit. They say nothing the
+    retrieved" for the writes that met the refusal, or that were still queued when the interpreter shut its
+    executors down ("cannot schedule new futures after interpreter shutdown"), at moments of their own, even at exit. They say nothing the
     one line does not, so they are dropped; every other exception and log record passes as before."""
     if getattr(sys.excepthook, "gptjax_quiet", False):
         return
