@@ -265,18 +265,21 @@ def launch_order(runs: list[Run], spec: Spec) -> list[Run]:
 
 
 def smoke_spec(spec: Spec) -> tuple[Spec, str]:
-    """Under GPTJAX_SMOKE=1: the first SMOKE_ENTRIES arms, the first two seeds and two grid points (the first key's
-    first two values, every other key at its first), so that a smoke sweep still chooses a point and compares
-    seeds. Returns the shrunk spec and what was kept, for the announcement."""
+    """Under GPTJAX_SMOKE=1: the first SMOKE_ENTRIES arms and two runs of each: its first two seeds at the grid's
+    first point (so that a smoke sweep still compares seeds, paired), or, without seeds, two grid points (the first
+    key's first two values, every other key at its first: it still chooses a point). Four runs at most, which is
+    what the docs tier can afford for each documented sweep. Returns the shrunk spec and what was kept, for the
+    announcement."""
     arms = spec.arms[:SMOKE_ENTRIES]
     seeds = spec.seeds[:2]
-    grid, shrunk = {}, False
+    grid, shrunk = {}, bool(seeds)
     for key, values in spec.grid.items():
         keep = 2 if not shrunk and len(values) > 1 else 1
         shrunk = shrunk or keep == 2
         grid[key] = values[:keep]
     kept = [f"the first {len(arms)} entries of the sweep"]
-    kept += [f"{len(seeds)} of its seeds"] * bool(seeds) + [f"{len(grid_points(grid))} grid points"] * bool(grid)
+    points = len(grid_points(grid))
+    kept += [f"{len(seeds)} of its seeds"] * bool(seeds) + [f"{points} grid point" + "s" * (points > 1)] * bool(grid)
     return Spec(arms, seeds, grid, spec.scaling), ", ".join(kept[:-1]) + " and " * (len(kept) > 1) + kept[-1]
 
 

@@ -4,7 +4,7 @@ starting its finished runs again (against a stand-in `gptjax` that writes what a
 results table's chosen points, spreads and differences from metrics given here. sweep.main runs in this process.
 
 Real runs: the docs tier (tests/test_docs.py) runs the README's ablation sweep under GPTJAX_SMOKE=1, two arms x two
-grid points x two seeds of real `gptjax train` (about 100 s), and then the same command from docs/ablations.md and
+seeds at one grid point of real `gptjax train` (about 50 s), and then the same command from docs/ablations.md and
 docs/pods.md, which find every run finished and start none; a second real sweep here would repeat it."""
 
 import csv
@@ -100,13 +100,16 @@ def test_dry_run_prints_each_run_with_its_point_and_seed(run_sweep, sweep_file, 
     assert not work.exists()
 
 
-def test_smoke_sweep_keeps_two_arms_seeds_and_grid_points():
-    spec = sweep.Spec([{}, {"a.b": 1}, {"a.b": 2}], seeds=(0, 1, 2),
-                      grid={"optim.lr": [1e-3, 3e-3, 1e-2], "optim.warmup_steps": [10, 30]})
-    small, what = sweep.smoke_spec(spec)
+def test_smoke_sweep_keeps_two_arms_and_two_runs_of_each():
+    grid = {"optim.lr": [1e-3, 3e-3, 1e-2], "optim.warmup_steps": [10, 30]}
+    spec = sweep.Spec([{}, {"a.b": 1}, {"a.b": 2}], seeds=(0, 1, 2), grid=grid)
+    small, what = sweep.smoke_spec(spec)  # with seeds: two seeds at the grid's first point (a paired comparison)
     assert small.arms == spec.arms[:2] and small.seeds == (0, 1)
-    assert small.grid == {"optim.lr": [1e-3, 3e-3], "optim.warmup_steps": [10]}
-    assert what == "the first 2 entries of the sweep, 2 of its seeds and 2 grid points"
+    assert small.grid == {"optim.lr": [1e-3], "optim.warmup_steps": [10]}
+    assert what == "the first 2 entries of the sweep, 2 of its seeds and 1 grid point"
+    small, what = sweep.smoke_spec(sweep.Spec(spec.arms, grid=grid))  # without: two points (still a choice)
+    assert small.grid == {"optim.lr": [1e-3, 3e-3], "optim.warmup_steps": [10]} and len(sweep.expand(small)) == 4
+    assert what == "the first 2 entries of the sweep and 2 grid points"
     assert sweep.smoke_spec(sweep.Spec([{}, {"a.b": 1}]))[0] == sweep.Spec([{}, {"a.b": 1}])
 
 
