@@ -4,7 +4,8 @@ transformations and auxiliary LM loss (`finetune.kind=classify`), or instruction
 
 Classification logs val_loss, val_accuracy and val_f1 (macro over the classes) and writes `predictions.jsonl` at
 every evaluation; with `finetune.test_fraction` it logs test_loss, test_accuracy and test_f1 on the records set
-aside from validation too. `finetune.train_fraction` trains on a seeded, nested subset of the training records. Instruction tuning writes the tuned GPT, adapters merged, to `<workdir>/model` at the end, for
+aside from validation too. `finetune.train_fraction` trains on a seeded, nested subset of the training records.
+Instruction tuning writes the tuned GPT, adapters merged, to `<workdir>/model` at the end, for
 `gptjax sample --workdir=<workdir> --template`.
 """
 
@@ -76,9 +77,11 @@ def train(config, workdir: str) -> dict:
     if f.kind == "classify":
         num_new = transforms.NUM_SPECIAL
         specials = transforms.Specials.after(base_vocab)
-        train_enc, val_enc, test_enc = (ft_data.encode_classification(recs[s], tokenizer, f, specials, seq_len)
-                                        if recs[s] else None for s in ("train", "validation", "test"))
+        train_enc, val_enc = (ft_data.encode_classification(recs[s], tokenizer, f, specials, seq_len)
+                              for s in ("train", "validation"))
         train_rows, val_rows = ft_data.classification_arrays(train_enc), ft_data.classification_arrays(val_enc)
+        test_enc = ft_data.encode_classification(recs["test"], tokenizer, f, specials, seq_len) if recs["test"] \
+            else None
         test_rows = ft_data.classification_arrays(test_enc) if test_enc is not None else None
         tokens_per_step = config.train.batch_size * train_enc.inputs.shape[1] * seq_len
     else:
