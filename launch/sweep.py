@@ -106,8 +106,9 @@ class Spec:
 
     @property
     def plain(self) -> bool:
-        """One run per arm, named by the arm alone: the results are one table of runs, as before seeds and grids."""
-        return not self.seeds and not self.grid
+        """One run per arm, named by the arm alone: the results are one table of runs, as before seeds and grids
+        (a sweep that asks for a scaling fit gets the arms' table and the fit even without them)."""
+        return not self.seeds and not self.grid and self.scaling is None
 
 
 def load_spec(config: str) -> Spec:

@@ -339,6 +339,7 @@ def test_a_scaling_sweep_fits_loss_against_non_embedding_params_and_predicts_the
     path.write_text(SCALING)
     spec = sweep.load_spec(str(path))
     assert spec.scaling == {"hold_out": "num_layers=4,d_model=128,num_heads=8"}
+    assert not sweep.Spec([{}], scaling={"hold_out": None}).plain  # a fit needs the arms' table, grid or not
     shapes = [(1, 32), (2, 32), (2, 48), (2, 64), (3, 96), (4, 128)]
     # N by hand: per block two LayerNorms (4d), qkv (3d^2 + 3d), out (d^2 + d), MLP (8d^2 + 5d); a final LayerNorm (2d)
     sizes = [n * (12 * d * d + 13 * d) + 2 * d for n, d in shapes]
