@@ -55,6 +55,8 @@ def early_stopped(rows: list[dict]) -> dict | None:
 def _run_dirs(root):
     """Every directory under root (itself included) holding a config.json, in sorted order; walked by hand
     because etils' glob refuses `**` on gs:// paths."""
+    if not files.path(root).is_dir():
+        raise GptjaxError(f"{root}: no such directory")
     todo, found = [files.path(root)], []
     while todo:
         d = todo.pop()
