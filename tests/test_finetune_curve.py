@@ -102,6 +102,8 @@ def test_a_directory_without_runs_is_one_line(tmp_path, capsys):
     assert curve.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"gptjax: error: {tmp_path}: no fine-tuning run") and err.count("\n") == 1
+    assert curve.main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err == f"gptjax: error: {tmp_path / 'missing'}: no such directory\n"
 
 
 def test_the_learning_rate_is_chosen_per_way_and_fraction_on_validation_never_test():
@@ -114,6 +116,3 @@ def test_the_learning_rate_is_chosen_per_way_and_fraction_on_validation_never_te
     assert [(r.lr, r.seed) for r in kept] == [(3e-3, 0), (3e-3, 1)]  # mean val 0.38 beats 0.32; test ignored
     lines, _ = curve.table(kept)
     assert lines[2] == "| 10% | 0.250 ± 0.071 (n=2, lr 0.003) |"
-
-    assert curve.main([str(tmp_path / "missing")]) == 2
-    assert capsys.readouterr().err == f"gptjax: error: {tmp_path / 'missing'}: no such directory\n"
