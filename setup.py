@@ -64,7 +64,8 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.6", "tensorboard>=2.16", "torch==2.13.0", "transformers>=4.40", "lm-eval==0.4.13",
                  "bertviz==1.4.1", "jax[tpu]>=0.10.2,<0.11",
                  "accelerate",  # lm-eval's hf backend, the peer in benchmarks/eval_throughput.py
-                 "trl==1.16.0"],  # the RL losses are checked against trl's on the same inputs
+                 "trl==1.16.0",  # the RL losses are checked against trl's on the same inputs
+                 "py-spy>=0.4"],  # a child that hangs in a test leaves its Python and native stacks in the report
     },
     package_data={"gptjax.analysis": ["vendor/*"], "gptjax.evals.lm_eval_tasks": ["*.yaml"]},
     entry_points={"console_scripts": ["gptjax=gptjax.main:run"]},

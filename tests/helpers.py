@@ -2,6 +2,8 @@
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -29,6 +31,32 @@ def gptjax_subprocess(*args, **kwargs):
     """`gptjax ARGS` as a child process (for SIGKILL/SIGTERM tests), stdout and stderr piped."""
     return subprocess.Popen([sys.executable, "-m", "gptjax.main", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, **kwargs)
+
+
+def communicate(p: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """`p.communicate(timeout=timeout)`; a child still running at the timeout fails the test with where it is: its
+    Python and native thread stacks (py-spy, from the test extra) and the tails of its output, then it is killed.
+    A hang in CI then says where it hung."""
+    try:
+        return p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        import pytest
+
+        spy = shutil.which("py-spy")
+        stacks = "py-spy is not installed"
+        if spy:
+            try:
+                r = subprocess.run([spy, "dump", "--native", "--pid", str(p.pid)], capture_output=True, text=True,
+                                   timeout=120)
+                stacks = r.stdout + r.stderr
+            except subprocess.TimeoutExpired:
+                stacks = "py-spy dump did not finish in 120 s"
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"{shlex.join(map(str, p.args))}\ndid not finish in {timeout:.0f} s"
+                    f"\n--- stdout (tail)\n{out[-3000:]}\n--- stderr (tail)\n{err[-3000:]}"
+                    f"\n--- its threads (py-spy dump --native)\n{stacks[-30000:]}",
+                    pytrace=False)
 
 
 def metrics_by_step(workdir, key="train_loss"):

@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from gptjax import checkpoint, configs, errors, files, loop as loop_lib, metrics, runs, workdirs
-from helpers import ROOT, gptjax_in_process, gptjax_subprocess, metrics_by_step, one_line_error
+from helpers import ROOT, communicate, gptjax_in_process, gptjax_subprocess, metrics_by_step, one_line_error
 
 # What TensorStore raises in orbax's writer threads when the disk is full (orbax 0.12.8 on a full tmpfs).
 ENOSPC_FROM_TENSORSTORE = (
@@ -477,7 +477,7 @@ def test_full_disk_is_one_line_and_a_copy_on_a_roomy_disk_resumes_exactly(corpus
             code = STANDIN_CHILD.format(full_after=2, message=ENOSPC_FROM_TENSORSTORE)
             p = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True, cwd=ROOT)
-        out, err = p.communicate(timeout=600)
+        out, err = communicate(p, 600)
         assert_one_error_line(p.returncode, err, workdir, "no space left on the device",
                               "free some space and rerun the same command: it resumes")
         failed = int(re.search(r"/checkpoints/(\d+): cannot write", err).group(1))  # where the disk filled up
@@ -568,7 +568,7 @@ def test_a_second_train_on_a_live_workdir_refuses_and_a_killed_run_leaves_no_sta
     try:
         _wait_for(lambda: checkpoint.latest_step(workdir) is not None, first)
         second = gptjax_subprocess("train", f"--workdir={workdir}", *args)
-        out, err = second.communicate(timeout=300)
+        out, err = communicate(second, 300)
         assert_one_error_line(second.returncode, err, f"--workdir={workdir} is in use by another gptjax run",
                               f"pid {first.pid} on ")
         assert first.poll() is None  # the first goes on

@@ -23,7 +23,7 @@ from gptjax.model import GPT, ModelConfig
 from gptjax.runs import finetune as ft_run
 from gptjax.tokenizer import CharTokenizer
 from gptjax.trainer import Trainer
-from helpers import gptjax_in_process, gptjax_subprocess, metrics_by_step, one_line_error
+from helpers import communicate, gptjax_in_process, gptjax_subprocess, metrics_by_step, one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENRE = os.path.join(ROOT, "experiments", "finetune", "genre.py")
@@ -374,7 +374,7 @@ def test_genre_fine_tuning_resumes_exactly_after_sigkill(tmp_path):
             "--config.mesh.shape=(2,2,2)"]
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     p = gptjax_subprocess("train", f"--workdir={straight}", *args)
-    out, err = p.communicate(timeout=900)
+    out, err = communicate(p, 900)
     assert p.returncode == 0, err[-3000:]
     p = gptjax_subprocess("train", f"--workdir={killed}", *args)
     start = time.time()
@@ -386,7 +386,7 @@ def test_genre_fine_tuning_resumes_exactly_after_sigkill(tmp_path):
     p.wait()
     assert not os.path.exists(os.path.join(killed, "checkpoints", "8")), "the run finished before it was killed"
     p = gptjax_subprocess("train", f"--workdir={killed}", *args)
-    out, err = p.communicate(timeout=900)
+    out, err = communicate(p, 900)
     assert p.returncode == 0, err[-3000:]
     assert "resumed from" in out and "checkpoints/4" in out
     a, b = metrics_by_step(straight, "train_loss"), metrics_by_step(killed, "train_loss")

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from gptjax import checkpoint, configs, errors, sharding, objectives, runs
-from helpers import gptjax_subprocess, lm_trainer, metrics_by_step
+from helpers import communicate, gptjax_subprocess, lm_trainer, metrics_by_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAR = os.path.join(ROOT, "experiments", "pretrain", "shakespeare_char.py")
@@ -129,7 +129,7 @@ def test_resume_after_sigkill_is_exact(corpus_file, tmp_path):
             "--config.checkpoint.async_save=False", "--config.mesh.shape=(2,2,2)"]
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     p = gptjax_subprocess("train", f"--workdir={straight}", *args)
-    out, err = p.communicate(timeout=600)
+    out, err = communicate(p, 300)
     assert p.returncode == 0, err[-3000:]
 
     p = gptjax_subprocess("train", f"--workdir={killed}", *args)
@@ -138,7 +138,7 @@ def test_resume_after_sigkill_is_exact(corpus_file, tmp_path):
     p.wait()
     assert not os.path.exists(os.path.join(killed, "checkpoints", "40")), "the run finished before it was killed"
     p = gptjax_subprocess("train", f"--workdir={killed}", *args)
-    out, err = p.communicate(timeout=600)
+    out, err = communicate(p, 300)
     assert p.returncode == 0, err[-3000:]
     assert "resumed from" in out and "checkpoints/20" in out
 
@@ -162,7 +162,7 @@ def test_sigterm_saves_and_half_written_checkpoints_are_skipped(corpus_file, tmp
     _wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl"))
               and len(open(os.path.join(workdir, "metrics.jsonl")).readlines()) >= 5, p)
     p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=120)
+    out, err = communicate(p, 120)
     assert p.returncode == 143, err[-3000:]
     assert "preempted: saved step" in out
     saved = checkpoint.latest_step(workdir)
@@ -173,14 +173,14 @@ def test_sigterm_saves_and_half_written_checkpoints_are_skipped(corpus_file, tmp
     os.makedirs(os.path.join(tmp, "params"))
     open(os.path.join(tmp, "params", "garbage"), "w").write("half")
     p = gptjax_subprocess("train", f"--workdir={workdir}", *args, f"--config.train.steps={saved + 3}")
-    out, err = p.communicate(timeout=300)
+    out, err = communicate(p, 300)
     assert p.returncode == 0, err[-3000:]
     assert f"checkpoints/{saved}" in out
     assert checkpoint.latest_step(workdir) == saved + 3
 
     # The same workdir with another model: one line, nothing lost.
     p = gptjax_subprocess("train", f"--workdir={workdir}", *args, "--config.model.num_layers=2")
-    out, err = p.communicate(timeout=120)
+    out, err = communicate(p, 120)
     assert p.returncode == 2 and err.count("\n") == 1
     assert "holds a different run (model.num_layers=4 there, 2 here)" in err
     assert checkpoint.latest_step(workdir) == saved + 3
@@ -188,7 +188,7 @@ def test_sigterm_saves_and_half_written_checkpoints_are_skipped(corpus_file, tmp
     # Dropout and the compute dtype may change on the same params: the run resumes and goes on.
     p = gptjax_subprocess("train", f"--workdir={workdir}", *args, f"--config.train.steps={saved + 5}",
             "--config.model.dropout=0.1", "--config.model.dtype=bfloat16")
-    out, err = p.communicate(timeout=300)
+    out, err = communicate(p, 300)
     assert p.returncode == 0, err[-3000:]
     assert f"checkpoints/{saved + 3}" in out and checkpoint.latest_step(workdir) == saved + 5
 
