@@ -3,6 +3,7 @@ wall time (import, lowering and libtpu's compile) and the process's peak host me
 
   python benchmarks/plan_table.py                         # the presets table, then the remat table
   python benchmarks/plan_table.py --rows=175b,175b_noscan --out=plans.json
+  python benchmarks/plan_table.py --rows=act                # activations over the tensor axis, before and after
   python benchmarks/plan_table.py --list
   python benchmarks/plan_table.py --validate              # the step-time estimate against published runs
 
@@ -38,7 +39,7 @@ ROWS = {
                                                                    "--topology=v5e-64"]),
     "6.7b": ("GPT-3 6.7B, `gpt3.py:size=gpt3-6.7b` (batch 1024 x 2048)", [f"--config={GPT3}:size=gpt3-6.7b",
                                                                          "--topology=v5p-128"]),
-    "175b_oom": ("GPT-3 175B, `gpt3.py:size=gpt3-175b` (batch 1536 x 2048)", [f"--config={GPT3}:size=gpt3-175b",
+    "175b_batch1536": ("GPT-3 175B, `gpt3.py:size=gpt3-175b` (batch 1536 x 2048)", [f"--config={GPT3}:size=gpt3-175b",
                                                                              "--topology=v5p-1024"]),
     "175b": ("GPT-3 175B, `grad_accum_steps=4`", [f"--config={GPT3}:size=gpt3-175b", "--topology=v5p-1024", ACCUM4]),
     "175b_noscan": ("GPT-3 175B, `grad_accum_steps=4`, `scan_layers=False`",
@@ -52,12 +53,34 @@ ROWS = {
                              "--config.mesh.shape=(1,256,1)", "--config.train.grad_accum_steps=3"]),
     "175b_v5e8": ("GPT-3 175B", [f"--config={GPT3}:size=gpt3-175b", "--topology=v5e-8"]),
 }
+
+
+def act_embed(axis) -> str:
+    """The `--config.mesh.logical_axis_rules` override that maps the residual stream's width (`act_embed`) to
+    `axis` and keeps every other rule of gptjax's default: the before/after rows of the activation-sharding table."""
+    from gptjax import configs, sharding
+
+    rules = sharding.with_rule(configs.get_config().mesh.logical_axis_rules, "act_embed", axis)
+    return "--config.mesh.logical_axis_rules=" + repr(rules).replace("'", '"').replace(" ", "")
+
+
+# Activations over the tensor axis (docs/plan.md), each mesh with the residual stream replicated over the tensor
+# axis (`act_embed` -> None, gptjax's default) and split over it (-> tensor, what gpt3.py takes with tensor > 1).
+ROWS["175b_batch1536_act_none"] = ("GPT-3 175B (batch 1536), `act_embed` -> None",
+                                   [*ROWS["175b_batch1536"][1], act_embed(None)])
+ROWS["175b_batch1536"] = ("GPT-3 175B (batch 1536), `act_embed` -> tensor (`gpt3.py`'s)", ROWS["175b_batch1536"][1])
+for _t, _topology in ((4, "v5p-128"), (8, "v5p-256")):
+    _args = [f"--config={GPT3}:size=gpt3-6.7b", f"--topology={_topology}", f"--config.mesh.shape=(1,16,{_t})"]
+    ROWS[f"6.7b_t{_t}"] = (f"GPT-3 6.7B, fsdp 16 x tensor {_t}, `act_embed` -> None", [*_args, act_embed(None)])
+    ROWS[f"6.7b_t{_t}_act"] = (f"GPT-3 6.7B, fsdp 16 x tensor {_t}, `act_embed` -> tensor",
+                               [*_args, act_embed("tensor")])
+ACT_ROWS = ["6.7b_t4", "6.7b_t4_act", "6.7b_t8", "6.7b_t8_act", "175b_batch1536_act_none", "175b_batch1536"]
 REMATS = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_qkv_proj", "minimal")
 # The remat table: GPT-3 6.7B on v5p-128, one policy per row (the config's own is `full`).
 for _p in REMATS:
     ROWS[f"remat_{_p}"] = (f"`remat={_p}`", [f"--config={GPT3}:size=gpt3-6.7b", "--topology=v5p-128",
                                              f"--config.model.remat={_p}"])
-DEFAULT_ROWS = ["124m_v4", "124m_v5e", "xl", "6.7b", "175b_oom", "175b", "175b_noscan", "175b_maxtext",
+DEFAULT_ROWS = ["124m_v4", "124m_v5e", "xl", "6.7b", "175b_batch1536", "175b", "175b_noscan", "175b_maxtext",
                 "175b_maxtext_accum3", "175b_v5e8", *(f"remat_{p}" for p in REMATS)]
 
 # Published runs, each rebuilt as a gptjax config of the same shape: (label, `gptjax plan` args, published TFLOP/s per
@@ -221,6 +244,7 @@ def main():
         print("\n" + "\n".join(lines))
         return
     names = [n.strip() for n in (a.rows or ",".join(DEFAULT_ROWS)).split(",") if n.strip()]
+    names = [m for n in names for m in (ACT_ROWS if n == "act" else [n])]  # --rows=act: the activation table
     if common.smoke_run("one row, planning gptjax's smoke model (`gptjax plan` inherits GPTJAX_SMOKE)"):
         names = names[:1] if a.rows else [SMOKE_ROW]
     unknown = [n for n in names if n not in ROWS]

@@ -29,7 +29,21 @@ def make_mesh(shape, devices=None) -> Mesh:
     devices = jax.devices() if devices is None else devices
     shape = resolve_mesh_shape(shape, len(devices))
     # Auto axis types: flax's logical constraints need them (jax.make_mesh defaults to Explicit).
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
+    auto = (jax.sharding.AxisType.Auto,) * 3
+    try:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    except NotImplementedError:  # a TPU torus no product of whole physical axes fits (tensor 8 on v5p-128's 4x4x4)
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, MESH_AXES, axis_types=auto)
+
+
+def with_rule(rules, name: str, axes) -> tuple:
+    """`rules` with logical axis `name` mapped to `axes` (a mesh axis, a tuple of them, or None)."""
+    if name not in dict(rules):
+        raise ValueError(f"no logical axis {name!r} in the rules")
+    return tuple((k, axes if k == name else v) for k, v in hashable_rules(rules))
 
 
 def hashable_rules(rules) -> tuple:

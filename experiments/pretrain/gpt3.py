@@ -9,7 +9,7 @@ gptjax train --config=experiments/pretrain/gpt3.py:size=gpt3-xl --workdir=gs://B
     --config.data.data_dir=gs://BUCKET/tfds --config.data.tokenizer_path=/path/to/gpt2 --distributed
 """
 
-from gptjax import configs
+from gptjax import configs, sharding
 
 # size: (batch size in sequences of 2048, learning rate)
 _TABLE = {
@@ -39,4 +39,6 @@ def get_config(arg=None):
     c.checkpoint.update(every_steps=1000, keep=3)
     tensor = opts.tensor or (8 if opts.size in ("gpt3-13b", "gpt3-175b") else 1)
     c.mesh.shape = (1, -1, tensor)
+    if tensor > 1:  # each chip keeps 1/tensor of the saved block inputs (docs/plan.md; gptjax/configs/default.py)
+        c.mesh.logical_axis_rules = sharding.with_rule(c.mesh.logical_axis_rules, "act_embed", "tensor")
     return c

@@ -93,6 +93,11 @@ def get_config() -> ml_collections.ConfigDict:
         ("kv", None),
         ("layers", None),
         ("length", None),
+        # The residual stream's width. "tensor" (MaxText's activation_embed) keeps 1/tensor of the block inputs
+        # that remat saves on each chip: GPT-3 175B on v5p-1024 at fsdp 64 x tensor 8 needs 125.9 GiB of
+        # temporaries per chip with None and 44.2 with "tensor" (docs/plan.md); experiments/pretrain/gpt3.py takes
+        # it wherever it shards over tensor. Not the default: on 8 virtual CPU devices, mesh (2, 2, 2) with 4 rows,
+        # jax 0.10.2's compiled program gives wrong attention outputs with it (tests/test_sharding.py holds the case).
         ("act_embed", None),
         ("act_mlp", "tensor"),
         ("act_heads", "tensor"),
