@@ -96,6 +96,17 @@ def test_bad_input_is_one_line(capsys, monkeypatch):
 
 @pytest.mark.slow
 @needs_libtpu
+@needs_libtpu
+def test_a_mesh_axis_no_whole_torus_axes_give_splits_physical_axes():
+    """tensor 8 on v5p-128's 4 x 4 x 4 torus: no product of whole physical axes is 8, so the mesh splits one."""
+    from gptjax import sharding
+
+    mesh = plan.make_mesh((1, 8, 8), plan.make_target("v5p-128"))
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 8} and mesh.devices.size == 64
+    assert len({d.id for d in mesh.devices.flat}) == 64
+    assert dict(sharding.make_mesh((1, 16, 4), plan.make_target("v5p-128").devices).shape)["tensor"] == 4
+
+
 def test_gpt3_175b_does_not_fit_on_v5e8(capsys):
     line = one_line(capsys, "does not fit on v5e-8", f"--config={GPT3}:size=gpt3-175b", "--topology=v5e-8")
     assert "biggest buffers: params['h']['block']['mlp']" in line and "try a topology with at least 167 chips" in line
