@@ -25,6 +25,7 @@ LABEL = "# smoke run (GPTJAX_SMOKE=1): "
 COMMANDS = [
     ("python benchmarks/train_throughput.py",
      "| variant | XLA flags | tokens/s (median) | min..max | ratio vs peer | MFU |"),
+    ("python benchmarks/step_breakdown.py", "| part | PyTorch (transformers GPT-2) | gptjax |"),
     ("python benchmarks/model_ablation.py",
      "| variant (attention, norm, loss) | median step ms | min step ms | tokens/s | speed-up |"),
     ("python benchmarks/generate_throughput.py",
