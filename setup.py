@@ -65,7 +65,8 @@ setup(
                  "bertviz==1.4.1", "jax[tpu]>=0.10.2,<0.11",
                  "accelerate",  # lm-eval's hf backend, the peer in benchmarks/eval_throughput.py
                  "trl==1.16.0",  # the RL losses are checked against trl's on the same inputs
-                 "py-spy>=0.4"],  # a child that hangs in a test leaves its Python and native stacks in the report
+                 "py-spy>=0.4",  # a child that hangs in a test leaves its Python and native stacks in the report
+                 "xprof==2.24.2"],  # reads a jax.profiler trace op by op (benchmarks/step_breakdown.py --profile)
     },
     package_data={"gptjax.analysis": ["vendor/*"], "gptjax.evals.lm_eval_tasks": ["*.yaml"]},
     entry_points={"console_scripts": ["gptjax=gptjax.main:run"]},

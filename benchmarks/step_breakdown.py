@@ -4,6 +4,7 @@ alone, and what the step's matmuls would take at each side's own measured matmul
 
   python benchmarks/step_breakdown.py                  # the default shape, 5 rounds
   python benchmarks/step_breakdown.py --shape=baby --rounds=3
+  python benchmarks/step_breakdown.py --profile         # gptjax's step op by op (needs `pip install xprof`)
 
 Each part is its own compiled program (jax) or call sequence (torch), timed on the same batches and parameters,
 in rounds that alternate the parts; medians. Backward is forward + backward less forward; "other" is the whole step
@@ -122,6 +123,45 @@ def torch_parts(shape: dict):
     return parts, 2 * 1024**3 / matmul
 
 
+# XLA:CPU's thunk names, by kind: XNNPACK's matmul fusions are `ynn_fusion.N`.
+KINDS = (("matmul", ("ynn_fusion", "dot", "convolution")), ("copy / transpose (layout)", ("copy", "transpose")),
+         ("softmax (exp)", ("exponential", "softmax")), ("GELU (tanh)", ("tanh",)), ("reductions", ("reduce",)))
+TRACE_ONLY = ("$", "Thunk", "Threadpool", "ThreadPool", "Slinky", "PjitFunction")  # spans around the ops
+
+
+def profile(step, context, steps: int, workdir: str) -> None:
+    """Traces `steps` calls of gptjax's step with XLA:CPU's per-thunk trace events on, and prints the time of its
+    ops by kind (xprof reads the trace). The flag must be set before jax starts: main() sets it."""
+    import glob
+    import json
+
+    import jax
+    from xprof.convert import raw_to_tool_data
+
+    with context():
+        for _ in range(2):
+            step()
+        jax.profiler.start_trace(workdir)
+        for _ in range(steps):
+            step()
+        jax.profiler.stop_trace()
+    path = sorted(glob.glob(os.path.join(workdir, "**", "*.xplane.pb"), recursive=True))[-1]
+    trace = json.loads(raw_to_tool_data.xspace_to_tool_data([path], "trace_viewer", {})[0])
+    by_kind, counts = {}, {}
+    for e in trace["traceEvents"]:
+        if e.get("ph") != "X" or e["name"].startswith(TRACE_ONLY):
+            continue
+        kind = next((k for k, keys in KINDS if any(key in e["name"] for key in keys)), "other elementwise fusions")
+        by_kind[kind] = by_kind.get(kind, 0.0) + e.get("dur", 0) / 1e3 / steps
+        counts[kind] = counts.get(kind, 0) + 1
+    total = sum(by_kind.values())
+    print(f"gptjax's step op by op ({steps} traced steps; trace in {path}); op times under tracing, which slows "
+          "the step, so compare shares, not milliseconds\n")
+    print("| kind of op | ms per step | share | ops per step |\n|---|---:|---:|---:|")
+    for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"| {kind} | {ms:.1f} | {100 * ms / total:.0f}% | {counts[kind] // steps} |")
+
+
 def _median_time(f, n: int) -> float:
     times = []
     for _ in range(n):
@@ -136,11 +176,25 @@ def main():
     p.add_argument("--shape", default="default", choices=sorted(tt.SHAPES))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=10, help="calls of each part per round")
+    p.add_argument("--profile", action="store_true", help="gptjax's step op by op instead (needs xprof)")
+    p.add_argument("--trace_dir", default="", help="where --profile writes its trace (default: a temporary folder)")
     a = p.parse_args()
     shape = tt.SHAPES[a.shape]
     rounds, repeats = a.rounds, a.repeats
     if common.smoke_run("one round of two calls per part, a smaller model (GPTJAX_SMOKE)"):
         rounds, repeats, shape = 1, 2, common.smoke_shape(shape)
+    if a.profile:
+        try:
+            import xprof  # noqa: F401
+        except ImportError:
+            print("gptjax: error: --profile reads the trace with xprof: pip install xprof", file=sys.stderr)
+            return 2
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
+        import tempfile
+
+        parts, _, _, context = jax_parts(shape)
+        profile(parts["step"], context, 1 if rounds == 1 else 5, a.trace_dir or tempfile.mkdtemp(prefix="gptjax-trace-"))
+        return 0
     jax_side, jax_peak, flops, context = jax_parts(shape)  # the same model FLOPs for both sides
     sides = {"PyTorch (transformers GPT-2)": torch_parts(shape), "gptjax": (jax_side, jax_peak)}
     times = {side: {part: [] for part in PARTS} for side in sides}

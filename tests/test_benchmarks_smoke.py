@@ -26,6 +26,7 @@ COMMANDS = [
     ("python benchmarks/train_throughput.py",
      "| variant | XLA flags | tokens/s (median) | min..max | ratio vs peer | MFU |"),
     ("python benchmarks/step_breakdown.py", "| part | PyTorch (transformers GPT-2) | gptjax |"),
+    ("python benchmarks/step_breakdown.py --profile", "| kind of op | ms per step | share | ops per step |"),
     ("python benchmarks/model_ablation.py",
      "| variant (attention, norm, loss) | median step ms | min step ms | tokens/s | speed-up |"),
     ("python benchmarks/generate_throughput.py",
