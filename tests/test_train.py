@@ -7,6 +7,7 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -228,3 +229,59 @@ def test_in_context_tasks_run_inside_training(corpus_file, tmp_path):
     with pytest.raises(errors.GptjaxError, match="unknown task 'no_such_task'"):
         runs.train(configs.finalize(bad), str(tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()
+
+
+def test_each_intervals_throughput_is_its_own_when_the_copy_waits_behind_the_next_step():
+    """On the CPU a step's metrics exist when it finishes, but their copy to the host waits behind the step dispatched
+    after it. Each interval's tokens/s is still its own steps': the last one too, which used to read as nearly
+    free (107% MFU at the end of a short run), and the one after a checkpoint's pause."""
+    import contextlib
+
+    from gptjax import loop as loop_lib
+
+    step_seconds, done = 0.05, []  # done[k]: when step k finishes on the simulated device (steps run in order)
+
+    class Metric:  # a step's scalar output, ready when its step is done; copied once the next step is done
+        def __init__(self, k):
+            self.k = k
+
+        def block_until_ready(self):
+            time.sleep(max(0.0, done[self.k] - time.time()))
+            return self
+
+        def __array__(self, dtype=None, copy=None):
+            time.sleep(max(0.0, done[min(self.k + 1, len(done) - 1)] - time.time()))
+            return np.asarray(1.0, np.float32)
+
+    class Trainer:
+        mesh = None
+        schedule = staticmethod(lambda step: 0.0)
+
+        @contextlib.contextmanager
+        def context(self):
+            yield
+
+    def step_fn(state, step):  # dispatch returns at once; the step runs after the one before it
+        done.append(max(time.time(), done[-1] if done else 0.0) + step_seconds)
+        k = len(done) - 1
+        return state, {"train_loss": Metric(k), "grad_norm": Metric(k)}
+
+    class Pause(loop_lib.Hook):  # a checkpoint-like hook at step 4: 0.2 s of host work, left out of throughput
+        every = 4
+
+        def __call__(self, loop):
+            loop.flush()
+            with loop.paused():
+                time.sleep(0.2)
+
+    rows = []
+
+    class Writer:
+        def write(self, step, values):
+            rows.append((step, values))
+
+    hook = loop_lib.LogHook(every=1, tokens_per_step=100, flops_per_step=0.0, peak_flops_per_device=None)
+    loop_lib.run_loop(Trainer(), None, 0, 8, None, [hook, Pause()], Writer(), step_fn=step_fn)
+    assert [step for step, _ in rows] == list(range(1, 9))
+    rates = [values["tokens_per_sec"] for _, values in rows]
+    assert all(500 <= r <= 5000 for r in rates), rates  # 100 tokens per 0.05 s step: 2,000 tokens/s (the bug: 288,000)
