@@ -11,6 +11,7 @@ import errno
 import importlib
 import importlib.util
 import io
+import logging
 import os
 import sys
 import time
@@ -19,6 +20,18 @@ from collections.abc import Callable
 from etils import epath
 
 from gptjax.errors import DataError, GptjaxError
+
+
+class _WithoutTraceback(logging.Filter):
+    """Keeps a library's log line and drops the traceback it attaches: gcsfs logs every request it gives up on
+    with the whole aiohttp stack, above the one `gptjax: error:` line that says what happened."""
+
+    def filter(self, record):
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("gcsfs").addFilter(_WithoutTraceback())
 
 
 class FilesystemError(GptjaxError, ValueError):
@@ -82,6 +95,22 @@ def scheme(p) -> str | None:
 
 def is_local(p) -> bool:
     return scheme(p) is None
+
+
+def unreachable(err: BaseException) -> str | None:
+    """What to tell the user when `err` (or an error it was raised from) says only that a remote filesystem's host
+    cannot be reached (no network, a name that does not resolve, a refused connection); None for anything else,
+    which keeps its traceback."""
+    import socket
+
+    first, seen = err, []
+    while err is not None and all(err is not e for e in seen):
+        seen.append(err)
+        if isinstance(err, (socket.gaierror, ConnectionRefusedError)) or (
+                type(err).__module__.startswith("aiohttp") and isinstance(err, OSError)):
+            return f"cannot reach the storage ({first}): no network here, or no route to it"
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def path(p) -> epath.Path:

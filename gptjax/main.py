@@ -325,6 +325,14 @@ def main(argv) -> int:
     except GptjaxError as err:
         print(f"gptjax: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a gs:// workdir with no network is one line; every other OSError keeps its traceback
+        from gptjax import files
+
+        message = files.unreachable(err)
+        if message is None:
+            raise
+        print(f"gptjax: error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -188,3 +188,30 @@ def test_local_paths_are_unchanged(tmp_path, monkeypatch):
     files.check_url("runs/a")  # a local path needs nothing
     files.atomic_write("out.bin", lambda f: f.write(b"\x00\x01"))
     assert (tmp_path / "out.bin").read_bytes() == b"\x00\x01" and os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_storage_that_cannot_be_reached_is_one_line_and_other_os_errors_keep_their_traceback(capsys, monkeypatch,
+                                                                                             tmp_path):
+    """No network to a bucket (gcsfs's aiohttp gives up on a name that does not resolve): one line, not the stack;
+    an OSError that is not about reaching storage is a fault to debug and keeps its traceback."""
+    import socket
+
+    from helpers import gptjax_in_process, one_line_error
+
+    def unresolved(workdir):
+        try:
+            raise socket.gaierror(-2, "Name or service not known")
+        except socket.gaierror as err:
+            raise OSError("Cannot connect to host storage.googleapis.com:443 ssl:default") from err
+
+    monkeypatch.setattr(workdirs, "model_dir", unresolved)
+    err = one_line_error(capsys, "cannot reach the storage (Cannot connect to host storage.googleapis.com:443",
+                         "sample", f"--workdir={tmp_path}", "--prompt=Hello")
+    assert "Traceback" not in err
+
+    def refused(workdir):
+        raise PermissionError(13, "Permission denied", str(workdir))
+
+    monkeypatch.setattr(workdirs, "model_dir", refused)
+    with pytest.raises(PermissionError):
+        gptjax_in_process(capsys, "sample", f"--workdir={tmp_path}", "--prompt=Hello")
